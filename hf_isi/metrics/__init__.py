@@ -1,0 +1,1 @@
+"""Metric families: one module each, every one a mergeable streaming accumulator."""

@@ -1,0 +1,185 @@
+"""Mergeable streaming accumulators: the shape every metric family shares.
+
+An accumulator holds only
+
+* **sum states**: tensors (or lists of tensors, one per layer) that combine by addition, kept in float64;
+* **fixed states**: set once by :meth:`Accumulator.setup` from a calibration batch that every process sees
+  identically (random projections, target scales); merging checks they agree;
+* **reservoirs**: bounded, key-ordered samples (:class:`Reservoir`), merged by keeping the smallest keys.
+
+so one process and ``k`` processes give the same numbers, resume is "save the states", and the evaluate
+module and the Space run exactly this code on one batch. The shape follows torchmetrics' ``Metric``
+(``add_state`` / ``merge_state``); we do not use it because its ``sync`` all-gathers every state
+(``world_size`` times the memory of our multi-GB Gram matrices) where an in-place all-reduce suffices, and it
+has no mergeable bounded reservoir.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+
+from ..states import LayerStates
+
+Reduction = Literal["sum", "fixed"]
+StateValue = torch.Tensor | list[torch.Tensor]
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
+AllGatherObject = Callable[[Any], list[Any]]
+
+
+class Reservoir:
+    """The ``capacity`` items with the smallest keys seen so far: a deterministic, mergeable sample.
+
+    Because membership depends only on the keys (hashes of example ids), the reservoir holds the same items
+    whatever the batch order or the number of processes.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self.keys = torch.empty(0, dtype=torch.int64)
+        self.data: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return int(self.keys.numel())
+
+    def add(self, keys: torch.Tensor, **tensors: torch.Tensor) -> None:
+        if keys.numel() == 0:
+            return
+        keys = keys.detach().cpu()
+        new = {k: v.detach().cpu() for k, v in tensors.items()}
+        if self.data:
+            keys = torch.cat([self.keys, keys])
+            new = {k: torch.cat([self.data[k], v]) for k, v in new.items()}
+        order = torch.argsort(keys, stable=True)[: self.capacity]
+        self.keys = keys[order]
+        self.data = {k: v[order] for k, v in new.items()}
+
+    def merge(self, other: Reservoir) -> None:
+        self.add(other.keys, **other.data)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "keys": self.keys, "data": dict(self.data)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.capacity = int(state["capacity"])
+        self.keys = state["keys"]
+        self.data = dict(state["data"])
+
+
+class Accumulator:
+    """Base class of a metric family's streaming state.
+
+    Subclasses implement :meth:`setup` (allocate states from a calibration batch), :meth:`update` (add one
+    batch) and :meth:`compute` (a pure function of the states returning per-layer columns).
+    """
+
+    #: metric family name, as used in ``AnalysisConfig.metrics``
+    name: str = ""
+    #: what the family needs captured: any of "attentions", "attention_residuals", "labels"
+    requires: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._reductions: dict[str, Reduction] = {}
+        self._reservoirs: dict[str, Reservoir] = {}
+        self.num_layers: int | None = None
+
+    # -- state registry --------------------------------------------------------------------------------
+    def add_state(self, name: str, value: StateValue, reduction: Reduction = "sum") -> None:
+        setattr(self, name, value)
+        self._reductions[name] = reduction
+
+    def add_reservoir(self, name: str, capacity: int) -> Reservoir:
+        reservoir = Reservoir(capacity)
+        self._reservoirs[name] = reservoir
+        setattr(self, name, reservoir)
+        return reservoir
+
+    @property
+    def is_setup(self) -> bool:
+        return self.num_layers is not None
+
+    # -- the three methods a family implements -----------------------------------------------------------
+    def setup(self, states: LayerStates) -> None:
+        """Allocate states. ``states`` must be identical on every process (the calibration batch)."""
+        self.num_layers = states.num_layers
+
+    def update(self, states: LayerStates) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, np.ndarray]:
+        """Per-layer columns: name -> float array over layers ``-1..L`` (NaN = missing)."""
+        raise NotImplementedError
+
+    # -- combination -------------------------------------------------------------------------------------
+    def merge(self, other: Accumulator) -> Accumulator:
+        """Add ``other``'s states into this one (in place) and return self."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        for name, reduction in self._reductions.items():
+            mine, theirs = getattr(self, name), getattr(other, name)
+            for a, b in zip(_as_list(mine), _as_list(theirs)):
+                if reduction == "sum":
+                    a.add_(b.to(a.device))
+                elif not torch.equal(a.cpu(), b.cpu()):
+                    raise ValueError(
+                        f"{self.name}: fixed state '{name}' differs between the accumulators being merged; "
+                        "they were set up from different calibration batches or seeds"
+                    )
+        for name, reservoir in self._reservoirs.items():
+            reservoir.merge(other._reservoirs[name])
+        return self
+
+    def sync(self, all_reduce: AllReduce, all_gather_object: AllGatherObject) -> None:
+        """Make every process hold the global state: all-reduce the sums, gather and merge the reservoirs."""
+        for name, reduction in self._reductions.items():
+            if reduction == "sum":
+                value = getattr(self, name)
+                reduced = [all_reduce(t) for t in _as_list(value)]
+                setattr(self, name, reduced if isinstance(value, list) else reduced[0])
+        for reservoir in self._reservoirs.values():
+            gathered = all_gather_object(reservoir.state_dict())
+            merged = Reservoir(reservoir.capacity)
+            for state in gathered:
+                part = Reservoir(0)
+                part.load_state_dict(state)
+                merged.merge(part)
+            reservoir.load_state_dict(merged.state_dict())
+
+    # -- persistence (resume) ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "num_layers": self.num_layers,
+            "states": {name: (reduction, getattr(self, name)) for name, reduction in self._reductions.items()},
+            "reservoirs": {name: r.state_dict() for name, r in self._reservoirs.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.num_layers = state["num_layers"]
+        for name, (reduction, value) in state["states"].items():
+            self.add_state(name, value, reduction)
+        for name, rstate in state["reservoirs"].items():
+            self.add_reservoir(name, rstate["capacity"]).load_state_dict(rstate)
+        self.load_extra_state(state["extra"])
+
+    def extra_state(self) -> dict[str, Any]:
+        """Plain-Python setup facts (shapes, class counts) a subclass needs to restore; override if any."""
+        return {}
+
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
+        pass
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def missing_column(self) -> np.ndarray:
+        assert self.num_layers is not None
+        return np.full(self.num_layers + 2, np.nan)
+
+
+def _as_list(value: StateValue) -> list[torch.Tensor]:
+    return value if isinstance(value, list) else [value]
+
+
+def float64_zeros(*shape: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.zeros(*shape, dtype=torch.float64, device=device)

@@ -1,0 +1,136 @@
+"""What one batch looks like once captured: the only thing metric accumulators ever see.
+
+Layer indexing follows SCIENCE.md: ``-1`` is the pre-PE patch embeddings ``z0``, ``0`` the embeddings with
+position embeddings (prefix tokens prepended), ``l = 1..L`` the output of block ``l`` (residual stream, before
+the final LayerNorm). Metrics never ask which model family produced a batch; they read the token layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+SPLITS = ("fit", "val", "test")
+FIT, VAL, TEST = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the tokens of a model's sequence come from.
+
+    Attributes:
+        num_prefix_tokens: tokens before the patches (CLS, DeiT's distillation token, DINOv2 registers).
+        cls_index: position of the [CLS] token, or ``None`` for models without one (Swin, mean-pool heads).
+        patch_grid: (rows, cols) of the patch grid at the embedding layer.
+        patch_size: (height, width) of one patch in pixels.
+    """
+
+    num_prefix_tokens: int
+    cls_index: int | None
+    patch_grid: tuple[int, int]
+    patch_size: tuple[int, int]
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_grid[0] * self.patch_grid[1]
+
+
+@dataclass
+class LayerStates:
+    """One batch of layer states, as produced by :class:`hf_isi.ModelAdapter` (or built by hand).
+
+    Attributes:
+        patch_embeddings: ``z0``, the patch embeddings before position embeddings, ``[B, N, D0]``.
+        hidden_states: ``L + 1`` tensors ``[B, T_l, D_l]``: entry 0 is the +PE embedding output.
+        layout: the token layout.
+        attentions: ``L`` softmax attention tensors ``[B * windows, H, T_q, T_k]`` (entry ``l - 1`` belongs to
+            layer ``l``), or ``None`` when not captured.
+        attention_residuals: ``L`` pairs ``(x, x + a)``: the residual stream entering the attention branch and
+            right after it, each ``[B', T', D']``; ``None`` when not captured.
+        labels: class labels ``[B]`` (int64) or ``None``.
+        keys: per-image 64-bit hash keys ``[B]`` derived from stable example ids; they decide the
+            fit/val/test split and the order of bounded test-feature reservoirs.
+        final_norm: the model's final LayerNorm (for probes on normalised features), if it has one.
+    """
+
+    patch_embeddings: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...]
+    layout: TokenLayout
+    attentions: tuple[torch.Tensor, ...] | None = None
+    attention_residuals: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    labels: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    final_norm: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    split_fractions: tuple[float, float] = (0.6, 0.2)
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            self.keys = example_keys(range(self.batch_size))
+
+    @property
+    def batch_size(self) -> int:
+        return self.patch_embeddings.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        """``L``: the number of blocks (layers ``1..L``)."""
+        return len(self.hidden_states) - 1
+
+    @property
+    def layers(self) -> range:
+        """Every layer index, ``-1`` (pre-PE) to ``L``."""
+        return range(-1, self.num_layers + 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embeddings.device
+
+    def tokens(self, layer: int) -> torch.Tensor:
+        """All tokens of ``layer`` (``-1``: the pre-PE patch embeddings)."""
+        return self.patch_embeddings if layer < 0 else self.hidden_states[layer]
+
+    def patch_tokens(self, layer: int) -> torch.Tensor:
+        """The patch tokens of ``layer``, prefix tokens removed: ``[B, N_l, D_l]``."""
+        return self.patch_embeddings if layer < 0 else self.hidden_states[layer][:, self.layout.num_prefix_tokens :]
+
+    def cls_token(self, layer: int) -> torch.Tensor | None:
+        """The [CLS] token ``[B, D]``, or ``None`` where there is none (pre-PE layer, CLS-free models)."""
+        if layer < 0 or self.layout.cls_index is None:
+            return None
+        return self.hidden_states[layer][:, self.layout.cls_index]
+
+    def mean_pool(self, layer: int) -> torch.Tensor:
+        """The mean of the patch tokens ``[B, D]``."""
+        return self.patch_tokens(layer).mean(dim=1)
+
+    @property
+    def split(self) -> torch.Tensor:
+        """Per-image split index (0 fit, 1 val, 2 test) from the hash keys."""
+        return split_of(self.keys, self.split_fractions).to(self.device)
+
+
+_KEY_SCALE = float(2**63)
+
+
+def example_keys(ids: Sequence[object] | range, seed: int = 0) -> torch.Tensor:
+    """Stable 63-bit keys from example ids: the same id gets the same key on any machine or process count."""
+    keys = [
+        int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little") >> 1
+        for i in ids
+    ]
+    return torch.tensor(keys, dtype=torch.int64)
+
+
+def split_of(keys: torch.Tensor, fractions: tuple[float, float] = (0.6, 0.2)) -> torch.Tensor:
+    """Split index per key: ``u = key / 2**63`` in [0, 1); fit if ``u < f_fit``, val if ``u < f_fit + f_val``."""
+    u = keys.double().cpu() / _KEY_SCALE
+    fit, val = fractions
+    return torch.where(u < fit, FIT, torch.where(u < fit + val, VAL, TEST)).to(torch.int64)
+
+
+def as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
