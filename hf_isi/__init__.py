@@ -1,3 +1,21 @@
-"""hf_isi: layer-wise information-flow diagnostics for Hugging Face vision transformers."""
+"""hf_isi: layer-wise information-flow diagnostics for Hugging Face vision transformers.
+
+    >>> import hf_isi
+    >>> report = hf_isi.analyze("isi-vit-d8", images, labels)      # doctest: +SKIP
+    >>> report.table, report.phases, report.provenance              # doctest: +SKIP
+"""
 
 __version__ = "0.1.0"
+
+from .engine import ALL_METRICS, AnalysisConfig, Analyzer, analyze
+from .models import ActivationError, ModelAdapter, ModelError, load_model
+from .phases import PhaseFit, align_phases, fit_phases
+from .report import Report
+from .states import LayerStates, TokenLayout
+
+__all__ = [
+    "ALL_METRICS", "AnalysisConfig", "Analyzer", "analyze",
+    "ActivationError", "ModelAdapter", "ModelError", "load_model",
+    "PhaseFit", "align_phases", "fit_phases",
+    "Report", "LayerStates", "TokenLayout",
+]

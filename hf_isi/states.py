@@ -55,6 +55,9 @@ class LayerStates:
         keys: per-image 64-bit hash keys ``[B]`` derived from stable example ids; they decide the
             fit/val/test split and the order of bounded test-feature reservoirs.
         final_norm: the model's final LayerNorm (for probes on normalised features), if it has one.
+        position_embeddings: the absolute position embeddings of the patch positions ``[N, D]`` (prefix rows
+            removed), or ``None`` when the model has none.
+        split_fractions: fractions of images in the fit and validation splits (the rest is test).
     """
 
     patch_embeddings: torch.Tensor
@@ -65,6 +68,7 @@ class LayerStates:
     labels: torch.Tensor | None = None
     keys: torch.Tensor | None = None
     final_norm: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    position_embeddings: torch.Tensor | None = field(default=None, repr=False)
     split_fractions: tuple[float, float] = (0.6, 0.2)
 
     def __post_init__(self) -> None:

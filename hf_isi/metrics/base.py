@@ -112,6 +112,10 @@ class Accumulator:
         """Per-layer columns: name -> float array over layers ``-1..L`` (NaN = missing)."""
         raise NotImplementedError
 
+    def scalars(self) -> dict[str, float | None]:
+        """Model-level values (not per layer); most families have none."""
+        return {}
+
     # -- combination -------------------------------------------------------------------------------------
     def merge(self, other: Accumulator) -> Accumulator:
         """Add ``other``'s states into this one (in place) and return self."""
@@ -122,7 +126,7 @@ class Accumulator:
             for a, b in zip(_as_list(mine), _as_list(theirs)):
                 if reduction == "sum":
                     a.add_(b.to(a.device))
-                elif not torch.equal(a.cpu(), b.cpu()):
+                elif not _same(a, b):
                     raise ValueError(
                         f"{self.name}: fixed state '{name}' differs between the accumulators being merged; "
                         "they were set up from different calibration batches or seeds"
@@ -175,6 +179,11 @@ class Accumulator:
     def missing_column(self) -> np.ndarray:
         assert self.num_layers is not None
         return np.full(self.num_layers + 2, np.nan)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a, b = a.cpu(), b.cpu()
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 def _as_list(value: StateValue) -> list[torch.Tensor]:

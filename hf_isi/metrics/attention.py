@@ -1,0 +1,267 @@
+"""Attention diagnostics and the attention variant of ISI (SCIENCE.md items 3 and 4), layer by layer.
+
+Each formula is stated once, in the docstring of the pure function that computes it; the accumulator only
+streams per-head sums of their outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..states import LayerStates, TokenLayout
+from .base import Accumulator, float64_zeros
+
+_EPS = 1e-12
+_ROW_SUM_TOLERANCE = 1e-3
+_LN2 = math.log(2.0)
+
+#: scalar columns of :meth:`AttentionAccumulator.compute`
+COLUMNS = ("attn_entropy", "attn_residual_cosine", "isi_attention", "ccc", "aci", "attn_distance")
+#: keys of :meth:`AttentionAccumulator.per_head`
+PER_HEAD = ("attn_entropy_per_head", "ccc_per_head", "aci_per_head", "attn_distance_per_head")
+
+
+def _xlogx(p: torch.Tensor) -> torch.Tensor:
+    # epsilon inside the log only: 0 log 0 = 0, and no bias for p >= eps
+    return p * torch.log(p.clamp_min(_EPS))
+
+
+def softmax_rows(p: torch.Tensor) -> torch.Tensor:
+    """Check that ``p`` ``[..., T_k]`` holds probability rows and return them in float64, renormalised to 1.
+
+    Rows must be non-negative and sum to 1 within ``max(1e-3, eps of p's dtype)``: a bf16 softmax row is only
+    exact to its rounding (up to ~4e-3 for peaked rows), fp16/fp32 rows to well within 1e-3. The float64
+    copy is renormalised so every metric sees exact distributions.
+    """
+    tolerance = _ROW_SUM_TOLERANCE
+    if p.is_floating_point():
+        tolerance = max(tolerance, torch.finfo(p.dtype).eps)
+    p = p.to(torch.float64)
+    sums = p.sum(dim=-1)
+    if p.numel() and (bool((sums - 1).abs().max() > tolerance) or bool(p.min() < -tolerance)):
+        raise ValueError(
+            "attention tensors do not look like softmax attention: rows must be non-negative and sum to 1 "
+            f"(largest deviation of a row sum from 1: {float((sums - 1).abs().max()):.3g}); capture the "
+            "attention probabilities (after softmax), not the scores"
+        )
+    return p / sums.unsqueeze(-1).clamp_min(_EPS)
+
+
+def attention_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Normalised attention entropy per (image, head), ``[B, H, T_q, T_k] -> [B, H]`` (float64).
+
+    For each query row ``p_q``, ``h_q = -sum_k p_qk ln p_qk / ln T_k`` (in [0, 1]; 0 log 0 = 0), averaged over
+    all queries. A single key (``T_k = 1``) has no spread: entropy 0.
+    """
+    t_k = p.shape[-1]
+    if t_k < 2:
+        return torch.zeros(p.shape[:2], dtype=torch.float64, device=p.device)
+    return (-_xlogx(p).sum(dim=-1) / math.log(t_k)).mean(dim=-1)
+
+
+def cls_centrality(p: torch.Tensor, cls_index: int, num_prefix: int) -> torch.Tensor:
+    """CLS centrality (CCC) per (image, head), ``[B, H, T_q, T_k] -> [B, H]`` (float64).
+
+    ``CCC = mean over patch queries q (positions >= num_prefix) of p_q,cls``: the attention mass patches put
+    on the [CLS] key.
+    """
+    return p[:, :, num_prefix:, cls_index].mean(dim=-1)
+
+
+def consensus_index(p: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Attention consensus index (ACI) per (image, head), ``[B, H, T_q, T_k] -> [B, H]`` (float64).
+
+    With patch query rows ``p_q`` (positions >= num_prefix, full rows over all keys) and their mean
+    ``m = mean_q p_q``::
+
+        JSD_q = 1/2 KL(p_q || M_q) + 1/2 KL(m || M_q),   M_q = (p_q + m) / 2,   logs base 2  (in [0, 1])
+        ACI   = 1 - mean_q JSD_q
+
+    so ACI = 1 when every patch attends alike, and approaches 0 as the rows become disjoint.
+    """
+    q = p[:, :, num_prefix:]
+    m = q.mean(dim=2, keepdim=True)
+    mid = 0.5 * (q + m)
+    log_mid = torch.log(mid.clamp_min(_EPS))
+    kl_q = (_xlogx(q) - q * log_mid).sum(dim=-1)
+    kl_m = (_xlogx(m) - m * log_mid).sum(dim=-1)
+    jsd = 0.5 * (kl_q + kl_m) / _LN2
+    return 1.0 - jsd.mean(dim=-1)
+
+
+def patch_distances(grid: tuple[int, int], stride: tuple[float, float], device=None) -> torch.Tensor:
+    """Pixel distance between the patches of a ``grid`` (rows, cols), row-major, ``[N, N]`` (float64).
+
+    ``d(q, k) = sqrt((dr * stride_h)^2 + (dc * stride_w)^2)`` with ``(dr, dc)`` the grid offset.
+    """
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64, device=device),
+        torch.arange(grid[1], dtype=torch.float64, device=device),
+        indexing="ij",
+    )
+    pos = torch.stack([rows.reshape(-1) * stride[0], cols.reshape(-1) * stride[1]], dim=-1)
+    return torch.cdist(pos, pos)
+
+
+def mean_attention_distance(p: torch.Tensor, distances: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Mean attention distance in pixels (ViT paper, Fig. 7) per (image, head), ``[B, H, T, T] -> [B, H]``.
+
+    Patch queries attend over patch keys only: the prefix keys are dropped and each row renormalised,
+    ``p'_qk = p_qk / sum_{k' patch} p_qk'`` (our choice: prefix tokens have no position). Then
+    ``dist_q = sum_k p'_qk d(q, k)`` with ``d`` from :func:`patch_distances`, averaged over patch queries.
+    A row with no mass on patches contributes 0.
+    """
+    pp = p[:, :, num_prefix:, num_prefix:]
+    pp = pp / pp.sum(dim=-1, keepdim=True).clamp_min(_EPS)
+    return (pp * distances).sum(dim=-1).mean(dim=-1)
+
+
+def residual_cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of ``cos(x_i, y_i)`` per image, ``[B, T, D] x2 -> [B]`` (float64).
+
+    Used with ``y = x + a`` (the residual stream right after the attention branch): 1 means attention left
+    the token's direction untouched. Zero vectors count as cosine 0.
+    """
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    cos = (x * y).sum(dim=-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(_EPS)
+    return cos.mean(dim=-1)
+
+
+def _ratio(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+class AttentionAccumulator(Accumulator):
+    """Streams the attention diagnostics of layers ``1..L`` (layers ``-1`` and ``0`` have no attention: NaN).
+
+    Columns (float arrays over layers ``-1..L``):
+
+    * ``attn_entropy``: H(l), :func:`attention_entropy` averaged over heads, queries and images (windows);
+    * ``attn_residual_cosine``: c(l), :func:`residual_cosine` averaged over tokens and images;
+    * ``isi_attention``: ``(1 - c(l)) * H(l)``, from the final c and H;
+    * ``ccc``: :func:`cls_centrality`; NaN without a [CLS] token or for windowed attention;
+    * ``aci``: :func:`consensus_index`;
+    * ``attn_distance``: :func:`mean_attention_distance`, in pixels.
+
+    :meth:`per_head` gives the per-head curves of entropy, CCC, ACI and distance.
+
+    A layer's attention counts as **windowed** (Swin) when it has more rows than images or its query count is
+    not ``num_prefix_tokens + num_patches``. Then there are no prefix tokens, every query of a window is a
+    "patch query", ACI compares rows with their window's mean row, and for the distance each window is a
+    square ``s x s`` local grid (``s = sqrt(T_k)``; shifted windows are treated as their local grid too, an
+    approximation) with pixel stride ``patch_size * sqrt(N / n)``, ``N`` the patches at the embedding and
+    ``n`` the tokens per image at that block (``x.shape[1] * (x.shape[0] // B)`` of the residual pair), i.e.
+    the image size over the side of the block's token grid for square images. Layers whose positions are
+    unknown (``T_q != T_k``, a non-square window) get no distance (NaN).
+    """
+
+    name = "attention"
+    requires = ("attentions", "attention_residuals")
+
+    def setup(self, states: LayerStates) -> None:
+        super().setup(states)
+        attentions, _ = _captured(states)
+        device, n_layers = states.device, states.num_layers
+        heads = [a.shape[1] for a in attentions]
+        for state in ("entropy_sum", "ccc_sum", "aci_sum", "dist_sum"):
+            self.add_state(state, [float64_zeros(h, device=device) for h in heads])
+        # number of attention maps (images x windows) behind each sum; 0 = not applicable at that layer
+        for state in ("maps", "ccc_maps", "dist_maps", "cos_sum", "cos_count"):
+            self.add_state(state, float64_zeros(n_layers, device=device))
+
+    def update(self, states: LayerStates) -> None:
+        attentions, residuals = _captured(states)
+        layout, batch = states.layout, states.batch_size
+        for i, (attn, (x, x_plus_a)) in enumerate(zip(attentions, residuals)):
+            p = softmax_rows(attn)
+            maps, _, t_q, t_k = p.shape
+            if maps % batch:
+                raise ValueError(f"layer {i + 1}: {maps} attention maps for a batch of {batch} images")
+            windowed = maps != batch or t_q - layout.num_prefix_tokens != layout.num_patches
+            prefix = 0 if windowed else layout.num_prefix_tokens
+
+            self.entropy_sum[i] += attention_entropy(p).sum(dim=0)
+            self.aci_sum[i] += consensus_index(p, prefix).sum(dim=0)
+            self.maps[i] += maps
+            if not windowed and layout.cls_index is not None:
+                self.ccc_sum[i] += cls_centrality(p, layout.cls_index, prefix).sum(dim=0)
+                self.ccc_maps[i] += maps
+            tokens_per_image = x.shape[1] * (x.shape[0] // batch)
+            distances = _layer_distances(layout, windowed, t_q, t_k, tokens_per_image, p.device)
+            if distances is not None:
+                self.dist_sum[i] += mean_attention_distance(p, distances, prefix).sum(dim=0)
+                self.dist_maps[i] += maps
+
+            cos = residual_cosine(x, x_plus_a)
+            self.cos_sum[i] += cos.sum()
+            self.cos_count[i] += cos.numel()
+
+    def _per_head(self) -> dict[str, list[torch.Tensor]]:
+        pairs = {
+            "attn_entropy": (self.entropy_sum, self.maps),
+            "ccc": (self.ccc_sum, self.ccc_maps),
+            "aci": (self.aci_sum, self.maps),
+            "attn_distance": (self.dist_sum, self.dist_maps),
+        }
+        return {name: [_ratio(s, n[i]) for i, s in enumerate(sums)] for name, (sums, n) in pairs.items()}
+
+    def compute(self) -> dict[str, np.ndarray]:
+        missing = torch.full((2,), float("nan"), dtype=torch.float64)
+        # every head averages over the same maps and queries, so the mean over heads is the overall mean
+        columns = {
+            name: torch.stack([v.mean() for v in values]).cpu() for name, values in self._per_head().items()
+        }
+        columns["attn_residual_cosine"] = _ratio(self.cos_sum, self.cos_count).cpu()
+        columns["isi_attention"] = (1 - columns["attn_residual_cosine"]) * columns["attn_entropy"]
+        return {name: torch.cat([missing, columns[name]]).numpy() for name in COLUMNS}
+
+    def per_head(self) -> dict[str, list[list[float] | None]]:
+        """Per-head curves over layers ``-1..L``: per layer, the per-head values or ``None`` if missing."""
+        out = {}
+        for name, values in self._per_head().items():
+            curve: list[list[float] | None] = [None, None]
+            for v in values:
+                curve.append(None if bool(torch.isnan(v).all()) else v.cpu().tolist())
+            out[f"{name}_per_head"] = curve
+        return out
+
+
+def _captured(
+    states: LayerStates,
+) -> tuple[tuple[torch.Tensor, ...], tuple[tuple[torch.Tensor, torch.Tensor], ...]]:
+    if states.attentions is None:
+        raise ValueError(
+            "attention metrics need attention probabilities; load the model with attn_implementation='eager' "
+            "and capture attentions (SDPA/flash attention kernels do not return them)"
+        )
+    if states.attention_residuals is None:
+        raise ValueError(
+            "attention metrics need the attention residual pairs (x, x + a) of every block; capture "
+            "attention_residuals"
+        )
+    counts = (len(states.attentions), len(states.attention_residuals))
+    if counts != (states.num_layers, states.num_layers):
+        raise ValueError(
+            f"expected {states.num_layers} attention tensors and residual pairs, "
+            f"got {counts[0]} and {counts[1]}"
+        )
+    return states.attentions, states.attention_residuals
+
+
+def _layer_distances(
+    layout: TokenLayout, windowed: bool, t_q: int, t_k: int, tokens_per_image: int, device: torch.device
+) -> torch.Tensor | None:
+    """The pixel distance matrix between a layer's patch keys, or ``None`` where positions are unknown."""
+    if t_q != t_k:
+        return None
+    if not windowed:
+        return patch_distances(layout.patch_grid, layout.patch_size, device)
+    side = math.isqrt(t_k)
+    if side * side != t_k or tokens_per_image < 1:
+        return None
+    scale = math.sqrt(layout.num_patches / tokens_per_image)
+    stride = (layout.patch_size[0] * scale, layout.patch_size[1] * scale)
+    return patch_distances((side, side), stride, device)

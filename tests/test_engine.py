@@ -1,0 +1,159 @@
+"""The streaming engine: batch-size invariance, merging, resume state, the Report, and a real 2-process sync."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import transformers as tf
+from accelerate import debug_launcher
+
+from hf_isi import AnalysisConfig, Analyzer, ModelAdapter, Report, analyze
+from hf_isi.report import METRIC_COLUMNS, TABLE_COLUMNS
+
+CONFIG = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=16,
+              patch_size=4)
+
+
+def tiny_vit() -> tf.ViTModel:
+    torch.manual_seed(0)
+    return tf.ViTModel(tf.ViTConfig(**CONFIG))
+
+
+def data(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    pixels = torch.randn(n, 3, 16, 16, generator=g) + labels[:, None, None, None] * 0.5
+    return pixels, labels
+
+
+def assert_tables_close(a: pd.DataFrame, b: pd.DataFrame, rtol=1e-6):
+    for col in METRIC_COLUMNS:
+        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=rtol, atol=1e-12, err_msg=col)
+
+
+def test_batch_size_does_not_change_results():
+    pixels, labels = data()
+    model = tiny_vit()
+    one = analyze(model, pixels, labels, batch_size=120)
+    many = analyze(model, pixels, labels, batch_size=7)
+    assert_tables_close(one.table, many.table)
+    assert (one.table["phase"] == many.table["phase"]).all()
+
+
+def test_merged_halves_equal_one_pass_and_state_round_trips():
+    pixels, labels = data()
+    adapter = ModelAdapter(tiny_vit())
+    config = AnalysisConfig()
+
+    def analyzer(lo, hi):
+        a = Analyzer(adapter, config, num_classes=3)
+        a.setup(pixels)  # the same calibration batch everywhere
+        if hi > lo:
+            a.update(pixels[lo:hi], labels[lo:hi], ids=range(lo, hi))
+        return a
+
+    whole = analyzer(0, 120).report()
+    merged = analyzer(0, 50).merge(analyzer(50, 120)).report()
+    assert_tables_close(whole.table, merged.table)
+    # an empty shard (more processes than images) merges as a no-op
+    assert_tables_close(whole.table, analyzer(0, 120).merge(analyzer(0, 0)).report().table)
+
+    saved = analyzer(0, 50).state_dict()
+    resumed = Analyzer(adapter, config, num_classes=3)
+    resumed.load_state_dict(saved)
+    resumed.update(pixels[50:], labels[50:], ids=range(50, 120))
+    assert_tables_close(whole.table, resumed.report().table)
+    with pytest.raises(ValueError, match="another configuration"):
+        Analyzer(adapter, AnalysisConfig(isi_dim=4), num_classes=3).load_state_dict(saved)
+
+
+def test_report_table_dataset_and_files(tmp_path):
+    pixels, labels = data(60)
+    report = analyze(tiny_vit(), pixels, labels)
+    assert tuple(report.table.columns) == TABLE_COLUMNS
+    ds = report.to_dataset()
+    assert ds.num_rows == report.num_layers + 2
+    assert ds.features["isi"].dtype == "float64"
+    # missing values are null, never 0
+    assert ds[0]["ccc"] is None and ds[0]["attn_entropy_per_head"] is None
+    report.save(tmp_path)
+    again = Report.load(tmp_path)
+    assert_tables_close(report.table, again.table, rtol=0)
+    assert again.phases.keys() == report.phases.keys()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["provenance"]["torch_version"] == torch.__version__.split("+")[0] or summary["provenance"][
+        "torch_version"].startswith(torch.__version__.split("+")[0])
+    assert summary["provenance"]["num_classes"] == 3
+
+
+def test_bad_inputs_are_clear_errors():
+    pixels, labels = data(20)
+    model = tiny_vit()
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        analyze(model, pixels, torch.zeros(20, dtype=torch.int64))
+    with pytest.raises(ValueError, match="20 images but 3 labels"):
+        analyze(model, pixels, labels[:3])
+    with pytest.raises(ValueError, match="unknown metrics"):
+        AnalysisConfig(metrics=["isi", "vibes"])
+    with pytest.raises(ValueError, match="no images"):
+        analyze(model, [], None)
+    # labels are optional: probes and collapse are then skipped, not faked
+    report = analyze(model, pixels)
+    assert report.table["probe_mean_acc"].isna().all() and report.table["isi"].notna().any()
+
+
+def test_images_are_preprocessed_with_the_processor():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)) for i in range(12)]
+    images[3] = images[3].convert("L")
+    images[4] = images[4].convert("RGBA")
+    images[5] = images[5].convert("CMYK")
+    report = analyze(tiny_vit(), images, [i % 2 for i in range(12)],
+                     config=AnalysisConfig(metrics=["similarity", "attention"]))
+    assert report.table["centered_similarity"].notna().all()
+
+
+def _sync_worker():
+    """Runs in each of 2 processes: half the data each, all-reduced, must equal one process on all of it."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    pixels, labels = data(90)
+    adapter = ModelAdapter(tiny_vit())
+    a = Analyzer(adapter, AnalysisConfig(), num_classes=3)
+    a.setup(pixels)
+    lo, hi = (0, 40) if acc.process_index == 0 else (40, 90)
+    a.update(pixels[lo:hi], labels[lo:hi], ids=range(lo, hi))
+    a.sync(acc)
+    single = Analyzer(adapter, AnalysisConfig(), num_classes=3)
+    single.setup(pixels)
+    single.update(pixels, labels, ids=range(90))
+    assert_tables_close(a.report().table, single.report().table)
+    print(f"SYNC_OK rank={acc.process_index} world={acc.num_processes}")
+
+
+@pytest.mark.slow
+def test_two_process_all_reduce_equals_one_process():
+    """A real ``accelerate launch`` with 2 CPU processes (gloo). Not debug_launcher: it forks, and forking a
+    process whose OpenMP pool is already running (earlier tests) can deadlock."""
+    import os
+    import subprocess
+    import sys
+
+    from accelerate.test_utils.testing import get_launch_command, get_torch_dist_unique_port
+
+    cmd = get_launch_command(multi_gpu=True, num_processes=2, num_machines=1, mixed_precision="no",
+                             dynamo_backend="no", main_process_port=get_torch_dist_unique_port() + 31)
+    code = "import sys; sys.path.insert(0, 'tests'); import test_engine; test_engine._sync_worker()"
+    script = os.path.join(os.path.dirname(__file__), "_run_snippet.py")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_ISI_SNIPPET": code}
+    out = subprocess.run([*cmd, script], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SYNC_OK rank=0 world=2" in out.stdout and "SYNC_OK rank=1 world=2" in out.stdout

@@ -1,0 +1,129 @@
+"""Reconstruction ISI against scikit-learn's Ridge and r2_score on the same projected data."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
+
+from hf_isi.metrics.isi import ReconstructionISIAccumulator
+from hf_isi.states import FIT, TEST, VAL, LayerStates, TokenLayout, example_keys
+
+
+def mixing_states(n_images=300, grid=(2, 2), dim=5, layers=3, seed=0, start=0) -> LayerStates:
+    """z0 plus layers that mix tokens increasingly (so all-to-all beats self-only) with noise."""
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    z0 = torch.randn(n_images, n, dim, generator=g) * torch.linspace(0.5, 2.0, dim)
+    hidden = []
+    x = z0
+    for i in range(layers + 1):
+        mix = torch.eye(n) + 0.4 * i * torch.randn(n, n, generator=torch.Generator().manual_seed(100 + i))
+        x = torch.einsum("ij,bjd->bid", mix, x) + 0.3 * torch.randn(n_images, n, dim, generator=g)
+        cls = torch.randn(n_images, 1, dim, generator=g)
+        hidden.append(torch.cat([cls, x], dim=1))
+    return LayerStates(z0, tuple(hidden), TokenLayout(1, 0, grid, (2, 2)),
+                       keys=example_keys(range(start, start + n_images)))
+
+
+def sklearn_reference(acc: ReconstructionISIAccumulator, states: LayerStates, index: int, alpha_rel: float):
+    """R2_all and R2_self computed by scikit-learn from the accumulator's projections."""
+    y = acc.targets(states).numpy()
+    x = acc.inputs(states, index).numpy()
+    split = states.split.numpy()
+    n, k = acc.num_targets, acc.dim
+    fit, test = split == FIT, split == TEST
+
+    def ridge(xf, yf, xt):
+        xc = xf - xf.mean(0)
+        lam = alpha_rel * np.trace(xc.T @ xc) / xf.shape[1]
+        return Ridge(alpha=lam, fit_intercept=True, solver="cholesky").fit(xf, yf).predict(xt)
+
+    pred_all = ridge(x[fit], y[fit], x[test])
+    tokens = lambda a: a.reshape(a.shape[0] * n, k)  # noqa: E731  one row per (image, position)
+    pred_self = ridge(tokens(x[fit]), tokens(y[fit]), tokens(x[test])).reshape(-1, n * k)
+    r2 = lambda p: r2_score(y[test], p, multioutput="variance_weighted")  # noqa: E731
+    return r2(pred_all), r2(pred_self)
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 1.0])
+def test_matches_sklearn_ridge(alpha):
+    states = mixing_states()
+    acc = ReconstructionISIAccumulator(dim=3, penalties=(alpha,), seed=7)
+    acc.setup(states)
+    acc.update(states)
+    cols = acc.compute()
+    for index in range(len(states.layers)):
+        r2_all, r2_self = sklearn_reference(acc, states, index, alpha)
+        np.testing.assert_allclose(cols["isi_r2_all"][index], r2_all, rtol=1e-6)
+        np.testing.assert_allclose(cols["isi_r2_self"][index], r2_self, rtol=1e-6)
+        np.testing.assert_allclose(cols["isi"][index], r2_all - r2_self, rtol=1e-6, atol=1e-9)
+    # normalised variant: each R^2 divided by its value at the +PE layer (index 1)
+    want = cols["isi_r2_all"] / cols["isi_r2_all"][1] - cols["isi_r2_self"] / cols["isi_r2_self"][1]
+    np.testing.assert_allclose(cols["isi_normalized"], want, rtol=1e-12)
+    # mixing grows with depth here, so scrambling must show: the deepest layer gains from all tokens
+    assert cols["isi"][-1] > 0.05
+
+
+def test_penalty_chosen_on_validation_split():
+    states = mixing_states(n_images=200, seed=3)
+    grid = (1e-4, 1e-1, 10.0, 1000.0)
+    acc = ReconstructionISIAccumulator(dim=3, penalties=grid, seed=1)
+    acc.setup(states)
+    acc.update(states)
+    cols = acc.compute()
+    y = acc.targets(states).numpy()
+    split = states.split.numpy()
+    for index in (0, 3):
+        x = acc.inputs(states, index).numpy()
+        xf, yf = x[split == FIT], y[split == FIT]
+        xc = xf - xf.mean(0)
+        scale = np.trace(xc.T @ xc) / xf.shape[1]
+        val_sse = [((Ridge(alpha=a * scale).fit(xf, yf).predict(x[split == VAL]) - y[split == VAL]) ** 2).sum()
+                   for a in grid]
+        assert cols["isi_penalty_all"][index] == grid[int(np.argmin(val_sse))]
+
+
+def test_streaming_and_merge_equal_one_batch():
+    whole = mixing_states(n_images=240, seed=5)
+
+    def part(lo, hi):
+        return LayerStates(whole.patch_embeddings[lo:hi], tuple(h[lo:hi] for h in whole.hidden_states),
+                           whole.layout, keys=whole.keys[lo:hi])
+
+    def run(batches, calibration=whole):
+        acc = ReconstructionISIAccumulator(dim=3, seed=2)
+        acc.setup(calibration)
+        for b in batches:
+            acc.update(b)
+        return acc
+
+    one = run([whole]).compute()
+    many = run([part(i, i + 17) for i in range(0, 240, 17)]).compute()
+    merged = run([part(0, 100)]).merge(run([part(100, 240)])).compute()
+    for name in ("isi", "isi_r2_all", "isi_r2_self"):
+        np.testing.assert_allclose(many[name], one[name], rtol=1e-6)
+        np.testing.assert_allclose(merged[name], one[name], rtol=1e-6)
+
+
+def test_merge_refuses_different_calibration():
+    a, b = mixing_states(seed=1), mixing_states(seed=2)
+    left, right = ReconstructionISIAccumulator(dim=3), ReconstructionISIAccumulator(dim=3)
+    left.setup(a)
+    right.setup(b)
+    with pytest.raises(ValueError, match="calibration"):
+        left.merge(right)
+
+
+def test_self_only_missing_when_token_count_changes():
+    states = mixing_states(n_images=120)
+    # a "hierarchical" last layer with fewer tokens (patch merging)
+    merged = states.hidden_states[-1][:, :3]
+    states = LayerStates(states.patch_embeddings, states.hidden_states[:-1] + (merged,), states.layout,
+                         keys=states.keys)
+    acc = ReconstructionISIAccumulator(dim=2)
+    acc.setup(states)
+    acc.update(states)
+    cols = acc.compute()
+    assert np.isnan(cols["isi_r2_self"][-1]) and np.isnan(cols["isi"][-1])
+    assert np.isfinite(cols["isi_r2_all"][-1])

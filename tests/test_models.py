@@ -1,0 +1,167 @@
+"""The adapter on tiny random models of every supported family, saved and loaded back by path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+from hf_isi import AnalysisConfig, ModelAdapter, ModelError, analyze
+from hf_isi.models import ActivationError
+
+SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8)
+FAMILIES = {
+    # name: (config, expected prefix tokens, has CLS, has absolute PE)
+    "vit": (lambda: tf.ViTConfig(intermediate_size=64, **SMALL), 1, True, True),
+    "vit-cls-head": (lambda: tf.ViTConfig(intermediate_size=64, num_labels=3,
+                                          architectures=["ViTForImageClassification"], **SMALL), 1, True, True),
+    "deit": (lambda: tf.DeiTConfig(intermediate_size=64, **SMALL), 2, True, True),
+    "beit": (lambda: tf.BeitConfig(intermediate_size=64, **SMALL), 1, True, False),
+    "dinov2": (lambda: tf.Dinov2Config(mlp_ratio=2, **SMALL), 1, True, True),
+    "dinov2-registers": (lambda: tf.Dinov2WithRegistersConfig(mlp_ratio=2, num_register_tokens=4, **SMALL), 5, True,
+                         True),
+    "clip-vision": (lambda: tf.CLIPVisionConfig(intermediate_size=64, **SMALL), 1, True, True),
+    "swin": (lambda: tf.SwinConfig(embed_dim=16, depths=[2, 2], num_heads=[2, 4], image_size=32, patch_size=4,
+                                   window_size=4), 0, False, False),
+}
+
+
+def save_family(name: str, path) -> str:
+    torch.manual_seed(0)
+    config = FAMILIES[name][0]()
+    if name == "vit-cls-head":
+        model = tf.ViTForImageClassification(config)
+    else:
+        model = tf.AutoModel.from_config(config)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {name: save_family(name, root / name) for name in FAMILIES}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_capture_every_family(saved, name):
+    _, prefix, has_cls, has_pe = FAMILIES[name]
+    adapter = ModelAdapter.from_pretrained(saved[name])
+    assert adapter.config._attn_implementation == "eager"
+    pixels = torch.randn(2, 3, 32, 32)
+    states = adapter.capture(pixels)
+    assert states.layout.num_prefix_tokens == prefix
+    assert (states.layout.cls_index == 0) if has_cls else (states.layout.cls_index is None)
+    assert states.layout.num_patches == states.patch_embeddings.shape[1]
+    assert len(states.attentions) == states.num_layers == len(states.hidden_states) - 1
+    assert len(states.attention_residuals) == states.num_layers
+    assert (states.position_embeddings is not None) == has_pe
+    for (x, xa), attn in zip(states.attention_residuals, states.attentions):
+        assert x.shape == xa.shape
+        torch.testing.assert_close(attn.sum(-1), torch.ones_like(attn.sum(-1)), atol=1e-5, rtol=0)
+
+
+def test_vit_states_are_the_documented_quantities(saved):
+    adapter = ModelAdapter.from_pretrained(saved["vit"])
+    model = adapter.tower
+    pixels = torch.randn(2, 3, 32, 32)
+    states = adapter.capture(pixels)
+    with torch.no_grad():
+        # z0 is the patch projection; hidden_states[0] adds [CLS] and the position embeddings to it
+        z0 = model.embeddings.patch_embeddings(pixels)
+        torch.testing.assert_close(states.patch_embeddings, z0)
+        pe = model.embeddings.position_embeddings[0]
+        torch.testing.assert_close(states.hidden_states[0][:, 1:], z0 + pe[1:])
+        torch.testing.assert_close(states.position_embeddings, pe[1:])
+        # residual pair of block 1: x = hidden_states[0], x + a = x + attention(LN(x))
+        block = model.layers[0]
+        x, xa = states.attention_residuals[0]
+        torch.testing.assert_close(x, states.hidden_states[0])
+        a = block.attention(block.layernorm_before(x))[0]
+        torch.testing.assert_close(xa, x + a)
+
+
+def test_full_clip_checkpoint_loads_its_vision_tower(tmp_path):
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+                  patch_size=8)
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    tf.CLIPModel(tf.CLIPConfig(vision_config=vision, text_config=text)).save_pretrained(tmp_path)
+    adapter = ModelAdapter.from_pretrained(tmp_path)
+    assert type(adapter.model).__name__ == "CLIPVisionModel"
+    assert adapter.capture(torch.randn(1, 3, 32, 32)).num_layers == 2
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_analyze_every_family(saved, name):
+    _, _, has_cls, has_pe = FAMILIES[name]
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(40, 3, 32, 32, generator=g)
+    labels = torch.arange(40) % 2
+    report = analyze(saved[name], pixels, labels, batch_size=16)
+    t = report.table
+    assert list(t["layer"]) == list(range(-1, report.num_layers + 1))
+    assert t["num_images"].iloc[0] == 40
+    assert t["centered_similarity"].notna().all()
+    assert t["attn_entropy"].iloc[2:].between(0, 1).all() and t["attn_entropy"].iloc[:2].isna().all()
+    assert t["probe_mean_acc"].notna().all()
+    if has_cls:
+        assert t["ccc"].iloc[2:].notna().all() and t["probe_cls_acc"].iloc[1:].notna().all()
+    else:  # CLS metrics are missing, not zero
+        assert t["ccc"].isna().all() and t["probe_cls_acc"].isna().all() and t["nc1_cls"].isna().all()
+    assert (report.scalars["pe_dominance"] is not None) == has_pe
+    assert report.provenance["attn_implementation"] == "eager"
+
+
+def test_attentions_that_come_back_empty_fail_loudly(saved):
+    adapter = ModelAdapter.from_pretrained(saved["vit"])
+    adapter.model.set_attn_implementation("sdpa")  # sdpa returns attentions=() with only a warning
+    with pytest.raises(ModelError, match="attention probabilities are unavailable"):
+        adapter.capture(torch.randn(1, 3, 32, 32))
+
+
+def test_not_a_vision_transformer(tmp_path):
+    tf.ResNetModel(tf.ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8)).save_pretrained(
+        tmp_path / "resnet")
+    with pytest.raises(ModelError, match="not a vision transformer"):
+        ModelAdapter.from_pretrained(tmp_path / "resnet").capture(torch.randn(1, 3, 32, 32))
+    tf.BertModel(tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelError, match="not images"):
+        ModelAdapter.from_pretrained(tmp_path / "bert")
+
+
+def test_unknown_model_id_is_one_line():
+    with pytest.raises(ModelError) as err:
+        ModelAdapter.from_pretrained("no-such-org/no-such-vit")
+    assert "cannot load model 'no-such-org/no-such-vit'" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_pixel_values(saved):
+    adapter = ModelAdapter.from_pretrained(saved["vit"])
+    with pytest.raises(ValueError, match=r"expects \(32, 32\)"):
+        adapter.capture(torch.randn(1, 3, 24, 24))
+    with pytest.raises(ValueError, match="channels"):
+        adapter.capture(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ActivationError, match="NaN or inf"):
+        adapter.capture(torch.full((1, 3, 32, 32), float("nan")))
+
+
+def test_position_embedding_scaling_is_temporary(saved):
+    adapter = ModelAdapter.from_pretrained(saved["vit"])
+    before = adapter.position_embeddings().detach().clone()
+    pixels = torch.randn(1, 3, 32, 32)
+    with adapter.scaled_position_embeddings(0.0):
+        zero = adapter.capture(pixels)
+        np.testing.assert_allclose(zero.hidden_states[0][:, 1:].numpy(), zero.patch_embeddings.numpy(), atol=1e-6)
+    torch.testing.assert_close(adapter.position_embeddings(), before)
+
+
+def test_bf16_capture_runs(saved):
+    adapter = ModelAdapter.from_pretrained(saved["vit"], dtype="bf16")
+    states = adapter.capture(torch.randn(2, 3, 32, 32))
+    assert states.hidden_states[0].dtype == torch.bfloat16
+    config = AnalysisConfig(metrics=["similarity", "attention"])
+    report = analyze(adapter, torch.randn(8, 3, 32, 32), config=config)
+    assert report.table["attn_entropy"].iloc[2:].notna().all()
