@@ -7,6 +7,11 @@
 
 __version__ = "0.1.0"
 
+from importlib.resources import files as _files
+
+#: folder of the packaged evaluate module: ``evaluate.load(hf_isi.ISI_METRIC_PATH)`` works from any directory
+ISI_METRIC_PATH = str(_files("hf_isi") / "evaluate_module" / "isi")
+
 from .engine import ALL_METRICS, AnalysisConfig, Analyzer, analyze
 from .models import ActivationError, ModelAdapter, ModelError, load_model
 from .phases import PhaseFit, align_phases, fit_phases
@@ -14,7 +19,7 @@ from .report import Report
 from .states import LayerStates, TokenLayout
 
 __all__ = [
-    "ALL_METRICS", "AnalysisConfig", "Analyzer", "analyze",
+    "ISI_METRIC_PATH", "ALL_METRICS", "AnalysisConfig", "Analyzer", "analyze",
     "ActivationError", "ModelAdapter", "ModelError", "load_model",
     "PhaseFit", "align_phases", "fit_phases",
     "Report", "LayerStates", "TokenLayout",
