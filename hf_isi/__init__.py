@@ -12,6 +12,13 @@ from importlib.resources import files as _files
 #: folder of the packaged evaluate module: ``evaluate.load(hf_isi.ISI_METRIC_PATH)`` works from any directory
 ISI_METRIC_PATH = str(_files("hf_isi") / "evaluate_module" / "isi")
 
+
+def load_isi(config_name: str | None = None, **kwargs):
+    """``evaluate.load`` of the packaged ISI module (offline, from any directory); needs ``pip install evaluate``."""
+    import evaluate
+
+    return evaluate.load(ISI_METRIC_PATH, config_name, **kwargs)
+
 from .engine import ALL_METRICS, AnalysisConfig, Analyzer, analyze
 from .models import ActivationError, ModelAdapter, ModelError, load_model
 from .phases import PhaseFit, align_phases, fit_phases
@@ -19,7 +26,7 @@ from .report import Report
 from .states import LayerStates, TokenLayout
 
 __all__ = [
-    "ISI_METRIC_PATH", "ALL_METRICS", "AnalysisConfig", "Analyzer", "analyze",
+    "ISI_METRIC_PATH", "load_isi", "ALL_METRICS", "AnalysisConfig", "Analyzer", "analyze",
     "ActivationError", "ModelAdapter", "ModelError", "load_model",
     "PhaseFit", "align_phases", "fit_phases",
     "Report", "LayerStates", "TokenLayout",
