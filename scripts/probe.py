@@ -1,0 +1,600 @@
+#!/usr/bin/env python
+"""The main job: probe vision transformers layer by layer on an image dataset and write a results folder.
+
+    accelerate launch scripts/probe.py                         # built-in default: reference ViTs on digits, offline
+    accelerate launch scripts/probe.py --model_name_or_path google/vit-base-patch16-224 \\
+        --dataset imagenet-1k --split validation --output_dir outputs/vit-b
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/probe.py   # 2 CPU processes
+    accelerate launch scripts/probe.py run.yaml --max_samples 500   # a JSON/YAML config, then overrides
+    python scripts/probe.py --help                             # one process also runs without a launcher
+
+How it works. Every process takes a contiguous shard of the dataset (``hf_isi.data.shard_range``: no image
+duplicated or dropped) and streams it through one ``hf_isi.Analyzer`` per model; the float64 accumulators are
+all-reduced once per model, so any number of processes gives the same numbers. The main process writes the
+folder (``hf_isi.results.write_results``). The run works in ``<output_dir>.partial/``, which also holds the
+checkpoints (``checkpoints/``: the run's arguments, each rank's accumulators of the model in progress, the
+report of every finished model); only a complete folder is renamed to ``<output_dir>``. ``--resume`` continues
+a killed run from its checkpoints and ends with the same numbers as an uninterrupted run.
+
+Bad input gives one line on stderr and exit status 2 (``--log_level debug`` adds the traceback).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from hf_isi import AnalysisConfig, Analyzer, Report, load_model
+from hf_isi.data import (
+    DatasetSpec,
+    ImageBatches,
+    UnreadableImageError,
+    default_image_processor,
+    load_image,
+    load_image_dataset,
+    num_classes,
+    preprocess,
+    shard_range,
+)
+from hf_isi.models import DTYPES
+from hf_isi.results import write_results
+from hf_isi.zoo import DEFAULT_MODELS
+
+logger = logging.getLogger("hf_isi.probe")
+
+PROG = "probe.py"
+DESCRIPTION = ("Probe vision transformers layer by layer on an image dataset (ISI, probes, attention graphs, "
+               "neural collapse, phases) and write a results folder. Flags, or a JSON/YAML config file first "
+               "followed by overriding flags.")
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+LABEL_METRICS = ("probes", "collapse")
+#: skipped-image ids listed in summary.json (the count is always exact)
+MAX_LISTED_SKIPS = 1000
+
+
+# -- arguments -------------------------------------------------------------------------------------------
+@dataclass
+class ModelArguments:
+    model_name_or_path: list[str] = field(
+        default_factory=lambda: list(DEFAULT_MODELS),
+        metadata={"help": "Models to probe: Hub ids, local save_pretrained folders or built-in reference names "
+                          "(hf_isi.zoo); the default is the reference depth family."})
+    revision: str | None = field(default=None, metadata={"help": "Hub revision (branch, tag or commit) of the models."})
+    dtype: str = field(default="fp32", metadata={"help": "Forward-pass dtype (accumulators stay float64).",
+                                                 "choices": sorted(DTYPES)})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model_name_or_path, str):  # a config file may give one name
+            self.model_name_or_path = [self.model_name_or_path]
+        repeated = sorted({m for m in self.model_name_or_path if self.model_name_or_path.count(m) > 1})
+        if repeated:
+            raise ValueError(f"model(s) given more than once: {', '.join(repeated)}")
+
+
+@dataclass
+class DataArguments(DatasetSpec):
+    dataset: str = field(default=DatasetSpec.dataset, metadata={
+        "help": "'digits' (built in, offline), a local imagefolder directory, parquet file(s) (path or glob "
+                "ending in .parquet) or a Hub dataset id."})
+    split: str = field(default=DatasetSpec.split, metadata={"help": "Dataset split."})
+    image_column: str = field(default=DatasetSpec.image_column, metadata={"help": "Column holding the images."})
+    label_column: str = field(default=DatasetSpec.label_column, metadata={
+        "help": "Column of integer class labels; without it, probes and neural collapse are skipped."})
+    id_column: str | None = field(default=None, metadata={
+        "help": "Column of stable example ids, which decide each image's fit/val/test split (None: the row index)."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
+    batch_size: int = field(default=32, metadata={"help": "Images per forward pass and process."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding images, per process."})
+    strict: bool = field(default=False, metadata={"help": "Fail on an unreadable image instead of skipping it."})
+
+    def spec(self) -> DatasetSpec:
+        return DatasetSpec(**{f.name: getattr(self, f.name) for f in fields(DatasetSpec)})
+
+
+@dataclass
+class RunArguments:
+    output_dir: str = field(default="outputs/probe", metadata={"help": "Where the results folder goes."})
+    resume: bool = field(default=False, metadata={
+        "help": "Continue the unfinished run in <output_dir>.partial from its checkpoints."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace an existing output_dir (or unfinished run) with a fresh run."})
+    checkpoint_every: int = field(default=0, metadata={
+        "help": "Also checkpoint every N batches (0: only by time)."})
+    checkpoint_minutes: float = field(default=10.0, metadata={
+        "help": "Checkpoint the accumulators at least this often, in minutes (0: never by time)."})
+    plots: bool = field(default=True, metadata={"help": "Draw the PNG plots."})
+    log_level: str = field(default="info", metadata={"help": "Logging level of the main process.",
+                                                     "choices": ["debug", "info", "warning", "error"]})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, AnalysisConfig, RunArguments)
+
+
+@dataclass
+class Arguments:
+    model: ModelArguments
+    data: DataArguments
+    analysis: AnalysisConfig
+    run: RunArguments
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the numbers: a resumed run must match it (batch size and workers do not matter)."""
+        data = self.data.spec()
+        return {"models": list(self.model.model_name_or_path), "revision": self.model.revision,
+                "dtype": self.model.dtype, "dataset": asdict(data), "strict": self.data.strict,
+                "analysis": asdict(self.analysis)}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Arguments:
+    """Command-line flags, or a JSON/YAML config file as the first argument followed by overriding flags."""
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, prog=PROG, description=DESCRIPTION)
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        parser.set_defaults(**read_config(argv.pop(0)))
+    return Arguments(*parser.parse_args_into_dataclasses(argv))
+
+
+def read_config(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+        values = json.loads(text) if path.endswith(".json") else __import__("yaml").safe_load(text)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read config file {path}: {_first_line(err)}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of argument names to values")
+    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config file {path} has unknown arguments: {', '.join(unknown)}")
+    return values
+
+
+# -- the output folder -----------------------------------------------------------------------------------
+class Workspace:
+    """``<output_dir>`` (complete results only) and its staging sibling ``<output_dir>.partial`` (the run in
+    progress: checkpoints, then the outputs, renamed to ``<output_dir>`` when complete)."""
+
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.output_dir = Path(output_dir).resolve()
+        self.staging = self.output_dir.with_name(self.output_dir.name + ".partial")
+        self.checkpoints = self.staging / "checkpoints"
+        self.run_file = self.checkpoints / "run.json"
+
+    def plan(self, run: RunArguments, fingerprint: dict[str, Any]) -> str:
+        """Decide, without touching anything, what this run does: ``"fresh"``, ``"resume"``, ``"publish"``
+        (the staging folder is complete, only the final rename is missing) or ``"done"``. Refuses (ValueError)
+        to clobber a folder the flags do not allow to."""
+        for folder, ours in ((self.output_dir, "summary.json"), (self.staging, "checkpoints")):
+            if folder.exists() and not _made_here(folder, ours):
+                raise ValueError(f"{folder} exists and was not made by {PROG}; choose another --output_dir")
+        if self.staging.exists():
+            if not (run.resume or run.overwrite):
+                raise ValueError(f"{self.staging} holds an unfinished run: pass --resume to continue it, "
+                                 "or --overwrite to start afresh")
+            if not run.resume:
+                return "fresh"
+            if (self.staging / "summary.json").is_file():
+                return "publish"
+            saved = json.loads(self.run_file.read_text()) if self.run_file.is_file() else fingerprint
+            if saved != fingerprint:
+                changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+                raise ValueError(f"the unfinished run in {self.staging} used other {', '.join(changed)}: resume "
+                                 "with the same arguments, or pass --overwrite to start afresh")
+            return "resume"
+        if self.output_dir.exists():
+            if run.overwrite:
+                return "fresh"
+            if run.resume:
+                return "done"
+            raise ValueError(f"{self.output_dir} already exists: pass --overwrite to replace it")
+        return "fresh"
+
+    def prepare(self, mode: str, fingerprint: dict[str, Any]) -> None:
+        """Main process only: a clean staging folder for a fresh run, the run's arguments recorded."""
+        if mode == "fresh" and self.staging.exists():
+            shutil.rmtree(self.staging)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if not self.run_file.is_file():
+            _write_atomically(self.run_file, json.dumps(fingerprint, indent=2))
+
+    def report_dir(self, index: int) -> Path:
+        return self.checkpoints / f"model-{index}"
+
+    def rank_checkpoint(self, index: int, rank: int) -> Path:
+        return self.checkpoints / f"model-{index}-rank-{rank}.pt"
+
+    def publish(self) -> None:
+        """Main process only: drop the checkpoints and rename the staging folder to ``output_dir``; an older
+        ``output_dir`` (``--overwrite``) is moved aside first and deleted only after the rename."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        old = self.output_dir.with_name(f"{self.output_dir.name}.old-{os.getpid()}")
+        if self.output_dir.exists():
+            os.replace(self.output_dir, old)
+        os.replace(self.staging, self.output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _made_here(path: Path, marker: str) -> bool:
+    """Only folders this script made (or empty ones) may be replaced: ``--overwrite`` never deletes others."""
+    return path.is_dir() and ((path / marker).exists() or (path / "summary.json").is_file() or not any(path.iterdir()))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """The first readable images of the *global* dataset: identical on every process, so every process sets
+    its accumulators up (ISI target scaling, projections, shifts) the same way."""
+
+    images: list[Any]
+    labels: torch.Tensor | None
+
+    @classmethod
+    def from_dataset(cls, ds: Any, data: DataArguments, count: int, with_labels: bool) -> Calibration:
+        images, labels = [], []
+        for index in range(len(ds)):
+            if len(images) >= count:
+                break
+            row = ds[index]
+            where = f"image {row[data.id_column] if data.id_column else index}"
+            try:
+                images.append(load_image(row[data.image_column], where))
+            except UnreadableImageError as err:
+                if data.strict:
+                    raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
+                continue
+            if with_labels:
+                labels.append(int(row[data.label_column]))
+        if not images:
+            raise ValueError(f"no readable image in the dataset '{data.dataset}' ({len(ds)} examples)")
+        return cls(images, torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+
+
+def image_file(ds: Any, data: DataArguments, ident: str) -> str | None:
+    """The file an image id came from, when the dataset records paths (imagefolder) and ids are row indices."""
+    if data.id_column or not ident.isdigit():
+        return None
+    value = ds[int(ident)][data.image_column]
+    return value.get("path") if isinstance(value, dict) else None
+
+
+def label_metrics_possible(ds: Any, data: DataArguments) -> tuple[int | None, str | None]:
+    """``(num_classes, None)``, or ``(None, why)`` when probes and neural collapse cannot run."""
+    classes = num_classes(ds, data.label_column)
+    if classes is None:
+        return None, (f"the dataset has no label column '{data.label_column}' (columns: {', '.join(ds.column_names)})"
+                      "; pass --label_column to enable them")
+    if classes < 2:
+        return None, f"the label column '{data.label_column}' has fewer than 2 classes"
+    if min(ds[data.label_column][:]) < 0:  # e.g. ImageNet's test split: every label is -1
+        return None, f"the label column '{data.label_column}' has negative labels (unlabelled examples)"
+    return classes, None
+
+
+# -- models ----------------------------------------------------------------------------------------------
+def load_adapter(name: str, args: Arguments, device: Any) -> tuple[Any, Any]:
+    """The model adapter and the image processor that turns images into its ``pixel_values``."""
+    adapter = load_model(name, revision=args.model.revision, dtype=args.model.dtype, device=device,
+                         attentions=args.analysis.needs_attentions)
+    return adapter, adapter.image_processor or default_image_processor(adapter.image_size)
+
+
+def check_models(args: Arguments, calibration: Calibration, device: Any) -> None:
+    """Fail fast, before any work is written: every model loads, is a vision transformer, and runs on one
+    image. (Raises ``ModelError``, a ``ValueError``, with a one-line message.)"""
+    for name in args.model.model_name_or_path:
+        adapter, processor = load_adapter(name, args, device)
+        adapter.capture(preprocess(processor, calibration.images[:1]))
+        _release(adapter)
+
+
+def _release(adapter: Any) -> None:
+    del adapter
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# -- one model -------------------------------------------------------------------------------------------
+@dataclass
+class ShardProgress:
+    """Where a process is in its shard: images consumed (used or skipped) and the ids it skipped."""
+
+    done: int = 0
+    skipped: list[str] = field(default_factory=list)
+    last_saved: float = field(default_factory=time.monotonic)
+    batches_since_saved: int = 0
+    saves: int = 0
+
+
+class ModelRun:
+    """The analysis of one model on this process's shard: setup, (resume), stream, checkpoint, all-reduce."""
+
+    def __init__(self, index: int, name: str, args: Arguments, ctx: RunContext) -> None:
+        self.index, self.name, self.args, self.ctx = index, name, args, ctx
+        acc = ctx.accelerator
+        self.shard = shard_range(len(ctx.ds), acc.process_index, acc.num_processes)
+        self.checkpoint = ctx.workspace.rank_checkpoint(index, acc.process_index)
+
+    def run(self) -> Report | None:
+        """The model's report on the main process (``None`` elsewhere)."""
+        ctx, acc = self.ctx, self.ctx.accelerator
+        finished = ctx.workspace.report_dir(self.index)
+        if (finished / "summary.json").is_file():
+            logger.info("%s: already analysed (checkpoint), skipping", self.name)
+            return Report.load(finished) if acc.is_main_process else None
+        start = time.perf_counter()
+        adapter, processor = load_adapter(self.name, self.args, acc.device)
+        analyzer = Analyzer(adapter, ctx.analysis, ctx.num_classes)
+        calib = ctx.calibration
+        analyzer.setup(preprocess(processor, calib.images), calib.labels)
+        progress = self.restore(analyzer)
+        logger.info("%s: %d layers, %d images on %d process(es)%s", self.name, adapter.num_layers, len(ctx.ds),
+                    acc.num_processes, f", resuming at image {progress.done} of this shard" if progress.done else "")
+        self.stream(analyzer, processor, progress)
+
+        analyzer.sync(acc)
+        from accelerate.utils import gather_object
+
+        skipped = sorted({i for ids in gather_object([progress.skipped]) for i in ids}, key=_natural)
+        report = None
+        if acc.is_main_process:
+            report = analyzer.report(**ctx.provenance(), num_images_skipped=len(skipped),
+                                     skipped_ids=skipped[:MAX_LISTED_SKIPS], resumed=ctx.mode == "resume",
+                                     wall_time_s=round(time.perf_counter() - start, 3))
+            _save_report(report, finished)
+        acc.wait_for_everyone()  # the report is safe on disk: this model's rank checkpoints are obsolete
+        self.checkpoint.unlink(missing_ok=True)
+        _release(adapter)
+        return report
+
+    def restore(self, analyzer: Analyzer) -> ShardProgress:
+        """This rank's checkpoint of this model, if it covers the same shard (same process count)."""
+        if not self.checkpoint.is_file():
+            return ShardProgress()
+        state = torch.load(self.checkpoint, map_location=analyzer.adapter.device, weights_only=True)
+        if state["model"] != self.name or tuple(state["shard"]) != (self.shard.start, self.shard.stop):
+            logger.warning("%s: the checkpoint of rank %d covers another shard (another process count?); this "
+                           "model starts over", self.name, self.ctx.accelerator.process_index)
+            return ShardProgress()
+        analyzer.load_state_dict(state["analyzer"])
+        return ShardProgress(done=state["done"], skipped=list(state["skipped"]))
+
+    def save(self, analyzer: Analyzer, progress: ShardProgress) -> None:
+        """This rank's accumulators and position, written to a temporary file and renamed (never half-written)."""
+        state = {"model": self.name, "shard": [self.shard.start, self.shard.stop], "done": progress.done,
+                 "skipped": progress.skipped, "analyzer": analyzer.state_dict()}
+        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint)
+        progress.last_saved, progress.batches_since_saved = time.monotonic(), 0
+        progress.saves += 1
+
+    def checkpoint_due(self, progress: ShardProgress) -> bool:
+        run = self.args.run
+        by_count = run.checkpoint_every > 0 and progress.batches_since_saved >= run.checkpoint_every
+        by_time = run.checkpoint_minutes > 0 and time.monotonic() - progress.last_saved >= 60 * run.checkpoint_minutes
+        return by_count or by_time
+
+    def stream(self, analyzer: Analyzer, processor: Any, progress: ShardProgress) -> None:
+        ctx, data, acc = self.ctx, self.args.data, self.ctx.accelerator
+        batches = ImageBatches(ctx.ds, processor, indices=self.shard[progress.done:], batch_size=data.batch_size,
+                               image_column=data.image_column,
+                               label_column=data.label_column if ctx.num_classes else None,
+                               id_column=data.id_column, strict=data.strict, num_workers=data.num_workers)
+        bar = _ProgressBar(self.name, len(ctx.ds), progress.done, acc)
+        for batch in batches:
+            if batch.pixel_values is not None:
+                analyzer.update(batch.pixel_values, batch.labels, batch.ids)
+            progress.done += len(batch.ids) + len(batch.skipped)
+            progress.skipped += batch.skipped
+            progress.batches_since_saved += 1
+            bar.update(len(batch.ids) + len(batch.skipped), len(progress.skipped))
+            if self.checkpoint_due(progress):
+                self.save(analyzer, progress)
+        bar.close()
+        # A long shard (one that has checkpointed) also checkpoints its end: waiting for the other processes
+        # must not risk its work. Short ones skip it: a checkpoint can be ~1 GB.
+        if progress.batches_since_saved and (progress.saves or self.args.run.checkpoint_every > 0):
+            self.save(analyzer, progress)
+
+
+class _ProgressBar:
+    """A tqdm bar on the main process over the *global* dataset (images/s, ETA): with k processes, each of
+    the main process's images stands for k (the shards differ by at most one image)."""
+
+    def __init__(self, name: str, total: int, done: int, accelerator: Any) -> None:
+        from tqdm.auto import tqdm
+
+        self.scale = accelerator.num_processes
+        self.bar = tqdm(total=total, initial=min(total, done * self.scale), desc=name, unit="img",
+                        disable=not accelerator.is_main_process, dynamic_ncols=True)
+
+    def update(self, images: int, skipped: int) -> None:
+        self.bar.update(min(images * self.scale, self.bar.total - self.bar.n))
+        if skipped:
+            self.bar.set_postfix(skipped=skipped, refresh=False)
+
+    def close(self) -> None:
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+
+
+def _save_report(report: Report, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    report.save(tmp)
+    os.replace(tmp, folder)
+
+
+def _natural(ident: str) -> tuple[int, Any]:
+    return (0, int(ident)) if ident.isdigit() else (1, ident)
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+@dataclass
+class RunContext:
+    """What every model of the run shares."""
+
+    accelerator: Any
+    workspace: Workspace
+    mode: str
+    ds: Any
+    analysis: AnalysisConfig
+    num_classes: int | None
+    calibration: Calibration
+    args: Arguments
+
+    def provenance(self) -> dict[str, Any]:
+        acc = self.accelerator
+        return {"num_processes": acc.num_processes, "distributed_type": acc.distributed_type.value,
+                "device": str(acc.device), "command_line": command_line(),
+                "dataset": asdict(self.args.data.spec())}
+
+
+def command_line() -> str:
+    return shlex.join([os.path.basename(sys.executable), *sys.argv])
+
+
+def run(args: Arguments, accelerator: Any) -> Path | None:
+    """The whole job; returns the output folder on the main process (``None`` elsewhere or when done)."""
+    started, wall = datetime.now(timezone.utc), time.perf_counter()
+    workspace = Workspace(args.run.output_dir)
+    fingerprint = args.fingerprint()
+    mode = workspace.plan(args.run, fingerprint)
+    if mode == "done":
+        logger.info("%s is complete; pass --overwrite to compute it again", workspace.output_dir)
+        return None
+    if mode == "publish":  # killed after writing everything, before the rename
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            workspace.publish()
+        return workspace.output_dir if accelerator.is_main_process else None
+
+    # Everything that can fail on bad input fails here, on every process alike, before anything is written.
+    ds = load_image_dataset(args.data.spec())
+    if len(ds) == 0:
+        raise ValueError(f"the dataset '{args.data.dataset}' split '{args.data.split}' is empty")
+    analysis, classes = args.analysis, None
+    if analysis.needs_labels:
+        classes, why = label_metrics_possible(ds, args.data)
+        if why:
+            if accelerator.is_main_process:
+                logger.warning("probes and neural-collapse metrics are skipped: %s", why)
+            analysis = replace(analysis, metrics=[m for m in analysis.metrics if m not in LABEL_METRICS])
+    calibration = Calibration.from_dataset(ds, args.data, analysis.calibration_images, with_labels=bool(classes))
+    check_models(args, calibration, accelerator.device)
+
+    accelerator.wait_for_everyone()  # every process has planned before the main process changes anything
+    if accelerator.is_main_process:
+        workspace.prepare(mode, fingerprint)
+    accelerator.wait_for_everyone()
+
+    ctx = RunContext(accelerator, workspace, mode, ds, analysis, classes, calibration, args)
+    names = args.model.model_name_or_path
+    reports = []
+    for index, name in enumerate(names):
+        logger.info("model %d/%d: %s", index + 1, len(names), name)
+        reports.append(ModelRun(index, name, args, ctx).run())
+    if not accelerator.is_main_process:
+        return None
+    summary = run_summary(ctx, reports, started, time.perf_counter() - wall)
+    write_results(reports, workspace.staging, run=summary, plots=args.run.plots)
+    workspace.publish()
+    logger.info("results in %s (%.1f s)", workspace.output_dir, time.perf_counter() - wall)
+    return workspace.output_dir
+
+
+def run_summary(ctx: RunContext, reports: list[Report], started: datetime, seconds: float) -> dict[str, Any]:
+    """The ``run`` block of summary.json: how and on what the numbers were made. Every model saw the same
+    images, so the first report's skipped images are the run's."""
+    args, first = ctx.args, reports[0].provenance
+    num_skipped, skipped = first["num_images_skipped"], first["skipped_ids"]
+    return {
+        **ctx.provenance(),
+        "models": list(args.model.model_name_or_path),
+        "revision": args.model.revision,
+        "dtype": args.model.dtype,
+        "seed": ctx.analysis.seed,
+        "metrics": list(ctx.analysis.metrics),
+        "num_classes": ctx.num_classes,
+        "num_examples": len(ctx.ds),
+        "num_images": len(ctx.ds) - num_skipped,
+        "num_images_skipped": num_skipped,
+        "skipped_ids": skipped,
+        "skipped_files": [image_file(ctx.ds, args.data, i) for i in skipped],
+        "skipped_ids_truncated": num_skipped > len(skipped),
+        "resumed": ctx.mode == "resume",
+        "started_at": started.isoformat(timespec="seconds"),
+        "wall_time_s": round(seconds, 3),
+        "arguments": {"model": asdict(args.model), "data": asdict(args.data), "analysis": asdict(ctx.analysis),
+                      "run": asdict(args.run)},
+    }
+
+
+# -- entry point -----------------------------------------------------------------------------------------
+def setup_logging(level: str, accelerator: Any) -> None:
+    """Concise logs: the main process at ``level``, the others warnings only; library chatter silenced."""
+    import datasets
+    import transformers
+
+    prefix = f"[rank {accelerator.process_index}] " if accelerator.num_processes > 1 else ""
+    logging.basicConfig(format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("hf_isi").setLevel(level.upper() if accelerator.is_main_process else logging.WARNING)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def fail(err: BaseException, accelerator: Any = None) -> int:
+    """One line on stderr, exit status 2; the traceback only at ``--log_level debug``."""
+    rank = f"[rank {accelerator.process_index}] " if accelerator is not None and accelerator.num_processes > 1 else ""
+    logger.debug("traceback", exc_info=err)
+    print(f"{PROG}: error: {rank}{_first_line(err)}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except ValueError as err:  # a bad config file or an invalid AnalysisConfig
+        return fail(err)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    setup_logging(args.run.log_level, accelerator)
+    try:
+        run(args, accelerator)
+    except ValueError as err:  # ModelError, UnreadableImageError, refused output folder, bad dataset...
+        return fail(err, accelerator)
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
