@@ -46,7 +46,7 @@ def shade_phases(ax: Axes, fit: PhaseFit | None) -> None:
 def _layer_axis(ax: Axes, layers: Sequence[int]) -> None:
     step = max(1, len(layers) // 12)
     ticks = list(layers)[::step]
-    ax.set_xticks(ticks, [layer_label(t) for t in ticks])
+    ax.set_xticks(ticks, [layer_label(t) for t in ticks], rotation=45, ha="right", rotation_mode="anchor")
     ax.set_xlabel("layer")
     ax.grid(alpha=0.25)
 
