@@ -110,7 +110,8 @@ batch), `analysis_config` (an `hf_isi.AnalysisConfig` or dict; its `metrics` are
 
 Returns:
     layers (`list` of `int`): -1 (pre-PE z0), 0 (+PE), 1..L.
-    isi (`list` of `float` or `None`): ISI per layer, in [-1, 1] (R^2 gains; `None` where missing), together with
+    isi (`list` of `float` or `None`): ISI per layer (`None` where missing), a difference of held-out R^2
+        values, usually in [0, 1] and negative when the all-to-all map only overfits; together with
         isi_r2_all, isi_r2_self (held-out R^2, <= 1) and isi_normalized ("reconstruction", "full").
     isi_mean (`float` or `None`): the summary scalar, the mean ISI over blocks 1..L ("reconstruction", "full").
     isi_attention (`list`): (1 - c) * H per layer, in [0, 2]; with attn_residual_cosine (c, in [-1, 1]) and

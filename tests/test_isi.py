@@ -10,11 +10,13 @@ from hf_isi.metrics.isi import ReconstructionISIAccumulator
 from hf_isi.states import FIT, TEST, VAL, LayerStates, TokenLayout, example_keys
 
 
-def mixing_states(n_images=300, grid=(2, 2), dim=5, layers=3, seed=0, start=0) -> LayerStates:
-    """z0 plus layers that mix tokens increasingly (so all-to-all beats self-only) with noise."""
+def mixing_states(n_images=300, grid=(2, 2), dim=5, layers=3, seed=0, start=0, offset=0.0) -> LayerStates:
+    """z0 plus layers that mix tokens increasingly (so all-to-all beats self-only) with noise. ``offset``
+    gives every position its own mean (like the always-dark border of a digit)."""
     g = torch.Generator().manual_seed(seed)
     n = grid[0] * grid[1]
     z0 = torch.randn(n_images, n, dim, generator=g) * torch.linspace(0.5, 2.0, dim)
+    z0 = z0 + offset * torch.randn(n, dim, generator=g)
     hidden = []
     x = z0
     for i in range(layers + 1):
@@ -27,28 +29,33 @@ def mixing_states(n_images=300, grid=(2, 2), dim=5, layers=3, seed=0, start=0) -
 
 
 def sklearn_reference(acc: ReconstructionISIAccumulator, states: LayerStates, index: int, alpha_rel: float):
-    """R2_all and R2_self computed by scikit-learn from the accumulator's projections."""
+    """R2_all and R2_self computed by scikit-learn from the accumulator's projections.
+
+    Self-only: one ``Ridge`` over all (image, position) rows after removing each position's fit-split mean
+    from inputs and targets (a per-position intercept), so it is the block-diagonal all-to-all map."""
     y = acc.targets(states).numpy()
     x = acc.inputs(states, index).numpy()
     split = states.split.numpy()
     n, k = acc.num_targets, acc.dim
     fit, test = split == FIT, split == TEST
 
-    def ridge(xf, yf, xt):
+    def ridge(xf, yf, xt, intercept=True):
         xc = xf - xf.mean(0)
         lam = alpha_rel * np.trace(xc.T @ xc) / xf.shape[1]
-        return Ridge(alpha=lam, fit_intercept=True, solver="cholesky").fit(xf, yf).predict(xt)
+        return Ridge(alpha=lam, fit_intercept=intercept, solver="cholesky").fit(xf, yf).predict(xt)
 
     pred_all = ridge(x[fit], y[fit], x[test])
     tokens = lambda a: a.reshape(a.shape[0] * n, k)  # noqa: E731  one row per (image, position)
-    pred_self = ridge(tokens(x[fit]), tokens(y[fit]), tokens(x[test])).reshape(-1, n * k)
+    mx, my = x[fit].mean(0), y[fit].mean(0)  # per (position, dim)
+    pred_self = ridge(tokens(x[fit] - mx), tokens(y[fit] - my), tokens(x[test] - mx), intercept=False)
+    pred_self = pred_self.reshape(-1, n * k) + my
     r2 = lambda p: r2_score(y[test], p, multioutput="variance_weighted")  # noqa: E731
     return r2(pred_all), r2(pred_self)
 
 
-@pytest.mark.parametrize("alpha", [1e-3, 1.0])
-def test_matches_sklearn_ridge(alpha):
-    states = mixing_states()
+@pytest.mark.parametrize("alpha, offset", [(1e-3, 0.0), (1.0, 0.0), (1e-3, 3.0)])
+def test_matches_sklearn_ridge(alpha, offset):
+    states = mixing_states(offset=offset)
     acc = ReconstructionISIAccumulator(dim=3, penalties=(alpha,), seed=7)
     acc.setup(states)
     acc.update(states)

@@ -30,42 +30,90 @@ AllGatherObject = Callable[[Any], list[Any]]
 
 
 class Reservoir:
-    """The ``capacity`` items with the smallest keys seen so far: a deterministic, mergeable sample.
+    """The ``capacity`` items with the smallest keys seen so far (ties in arrival order): a deterministic,
+    mergeable sample.
 
     Because membership depends only on the keys (hashes of example ids), the reservoir holds the same items
-    whatever the batch order or the number of processes.
+    whatever the batch order or the number of processes. Items live in fixed slots: adding a batch writes
+    only its entering rows into free or evicted slots, instead of concatenating and re-sorting the whole
+    sample every batch (which copied it twice per batch and, through allocator fragmentation, grew resident
+    memory to several times the reservoir). ``keys`` and ``data`` give the sample sorted by key;
+    :meth:`slots` gives it in slot order without copying, for order-free uses.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = int(capacity)
-        self.keys = torch.empty(0, dtype=torch.int64)
-        self.data: dict[str, torch.Tensor] = {}
+        self._clear()
+
+    def _clear(self) -> None:
+        self._n = 0
+        self._next_seq = 0
+        self._keys = torch.empty(0, dtype=torch.int64)
+        self._seq = torch.empty(0, dtype=torch.int64)
+        self._data: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
-        return int(self.keys.numel())
+        return self._n
+
+    def _order(self) -> torch.Tensor:
+        """Slot indices sorted by (key, arrival)."""
+        by_seq = torch.argsort(self._seq[: self._n])
+        return by_seq[torch.argsort(self._keys[: self._n][by_seq], stable=True)]
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[: self._n][self._order()]
+
+    @property
+    def data(self) -> dict[str, torch.Tensor]:
+        order = self._order()
+        return {k: v[: self._n][order] for k, v in self._data.items()}
+
+    def slots(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Keys and data in slot order (views, no copy)."""
+        return self._keys[: self._n], {k: v[: self._n] for k, v in self._data.items()}
 
     def add(self, keys: torch.Tensor, **tensors: torch.Tensor) -> None:
-        if keys.numel() == 0:
+        if keys.numel() == 0 or self.capacity <= 0:
             return
-        keys = keys.detach().cpu()
+        keys = keys.detach().cpu().to(torch.int64)
         new = {k: v.detach().cpu() for k, v in tensors.items()}
-        if self.data:
-            keys = torch.cat([self.keys, keys])
-            new = {k: torch.cat([self.data[k], v]) for k, v in new.items()}
-        order = torch.argsort(keys, stable=True)[: self.capacity]
-        self.keys = keys[order]
-        self.data = {k: v[order] for k, v in new.items()}
+        m = keys.numel()
+        if not self._data:
+            self._keys = torch.empty(self.capacity, dtype=torch.int64)
+            self._seq = torch.empty(self.capacity, dtype=torch.int64)
+            # untouched slots cost address space only; pages become resident as slots fill
+            self._data = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in new.items()}
+        seq = torch.arange(self._next_seq, self._next_seq + m, dtype=torch.int64)
+        self._next_seq += m
+        n = self._n
+        if n + m <= self.capacity:
+            slots, entering = torch.arange(n, n + m), slice(None)
+        else:
+            all_keys, all_seq = torch.cat([self._keys[:n], keys]), torch.cat([self._seq[:n], seq])
+            by_seq = torch.argsort(all_seq)
+            keep = by_seq[torch.argsort(all_keys[by_seq], stable=True)][: self.capacity]
+            kept = torch.zeros(n + m, dtype=torch.bool)
+            kept[keep] = True
+            entering = torch.nonzero(kept[n:]).squeeze(1)
+            evicted = torch.nonzero(~kept[:n]).squeeze(1)
+            slots = torch.cat([torch.arange(n, self.capacity), evicted])[: entering.numel()]
+        self._keys[slots] = keys[entering]
+        self._seq[slots] = seq[entering]
+        for k, v in new.items():
+            self._data[k][slots] = v[entering]
+        self._n = min(self.capacity, n + m)
 
     def merge(self, other: Reservoir) -> None:
         self.add(other.keys, **other.data)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "keys": self.keys, "data": dict(self.data)}
+        return {"capacity": self.capacity, "keys": self.keys, "data": self.data}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.capacity = int(state["capacity"])
-        self.keys = state["keys"]
-        self.data = dict(state["data"])
+        self._clear()
+        self.add(state["keys"], **state["data"])
 
 
 class Accumulator:

@@ -152,10 +152,12 @@ class PooledFeatureAccumulator(Accumulator):
         names += [f"nc{i}_{p}" for i in range(1, 5) for p in POOLINGS]
         cols = {name: self.missing_column() for name in names}
         have_test = len(self.test) > 0
-        labels = self.test.data.get("label")
+        # every test-set quantity below is order-free, so the reservoir is read in slot order (no sorted copy)
+        test_data = self.test.slots()[1]
+        labels = test_data.get("label")
         for j, (pooling, layer) in enumerate(self.features):
             i = layer + 1
-            x_test = self.test.data[f"f{j}"].to(self.shift[j]) if have_test else None
+            x_test = test_data[f"f{j}"].to(self.shift[j]) if have_test else None
             fit = self.probe(j, 0)
             if fit is not None and have_test:
                 pred = fit.predict(x_test.to(fit.weight)).argmax(1).cpu()
@@ -165,7 +167,7 @@ class PooledFeatureAccumulator(Accumulator):
                     cols[f"probe_{pooling}_penalty"][i] = fit.alpha
                     if control_fit is not None:
                         control_pred = control_fit.predict(x_test.to(fit.weight)).argmax(1).cpu()
-                        acc = float((control_pred == self.test.data["control"]).double().mean())
+                        acc = float((control_pred == test_data["control"]).double().mean())
                         cols[f"probe_{pooling}_control_acc"][i] = acc
                         cols[f"probe_{pooling}_selectivity"][i] = cols[f"probe_{pooling}_acc"][i] - acc
             if not self.want_collapse:

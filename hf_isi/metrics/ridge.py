@@ -33,6 +33,18 @@ class RidgeStats:
     xy: torch.Tensor
     yy: torch.Tensor
 
+    def shifted(self, mx: torch.Tensor, my: torch.Tensor) -> RidgeStats:
+        """The statistics of the same samples with ``x - mx`` and ``y - my``."""
+        n = self.n
+        return RidgeStats(
+            n,
+            self.sx - n * mx,
+            self.sy - n * my,
+            self.xx - torch.outer(self.sx, mx) - torch.outer(mx, self.sx) + n * torch.outer(mx, mx),
+            self.xy - torch.outer(self.sx, my) - torch.outer(mx, self.sy) + n * torch.outer(mx, my),
+            self.yy - 2 * my * self.sy + n * my * my,
+        )
+
     def total_sum_of_squares(self) -> torch.Tensor:
         """SST = sum over outputs of sum_i (y_i - mean y)^2."""
         n = self.n.clamp_min(1)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..states import LayerStates
+from ._scratch import Scratch
 from .base import Accumulator, float64_zeros
 
 _EPS = 1e-12
@@ -22,14 +23,21 @@ def centered_similarity(tokens: torch.Tensor) -> torch.Tensor:
     which is O(N D) instead of O(N^2 D). Its floor, reached when the centred tokens have equal norms and
     cancel, is ``-1 / (N - 1)``. Tokens equal to their mean (zero after centring) count as zero vectors.
     """
-    t = tokens.to(torch.float64)
-    n = t.shape[1]
+    return _centered_similarity(tokens, None)
+
+
+def _centered_similarity(tokens: torch.Tensor, scratch: Scratch | None) -> torch.Tensor:
+    """:func:`centered_similarity`; with ``scratch``, the float64 copy is centred in place in a reused buffer
+    and ``sum_i v_i`` is one batched product ``(1/|u_i|)^T u`` instead of a normalised copy of the tokens."""
+    n = tokens.shape[1]
     if n < 2:
-        return torch.full((t.shape[0],), float("nan"), dtype=torch.float64, device=t.device)
-    u = t - t.mean(dim=1, keepdim=True)
-    v = u / u.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-    total = v.sum(dim=1).pow(2).sum(dim=-1)
-    nonzero = (u.norm(dim=-1) > _EPS).sum(dim=1).to(torch.float64)
+        return torch.full((tokens.shape[0],), float("nan"), dtype=torch.float64, device=tokens.device)
+    u = tokens.to(torch.float64) if scratch is None else scratch.float64(tokens, "similarity")
+    u = u - u.mean(dim=1, keepdim=True) if scratch is None else u.sub_(u.mean(dim=1, keepdim=True))
+    norms = torch.linalg.vector_norm(u, dim=-1)
+    weights = 1.0 / norms.clamp_min(_EPS)
+    total = torch.matmul(weights.unsqueeze(1), u).squeeze(1).pow(2).sum(dim=-1)
+    nonzero = (norms > _EPS).sum(dim=1).to(torch.float64)
     return (total - nonzero) / (n * (n - 1))
 
 
@@ -41,6 +49,10 @@ class SimilarityAccumulator(Accumulator):
 
     name = "similarity"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._scratch = Scratch()  # reusable CPU buffers, not state
+
     def setup(self, states: LayerStates) -> None:
         super().setup(states)
         self.add_state("total", float64_zeros(states.num_layers + 2, device=states.device))
@@ -48,7 +60,7 @@ class SimilarityAccumulator(Accumulator):
 
     def update(self, states: LayerStates) -> None:
         for i, layer in enumerate(states.layers):
-            self.total[i] += centered_similarity(states.patch_tokens(layer)).sum()
+            self.total[i] += _centered_similarity(states.patch_tokens(layer), self._scratch).sum()
         self.count += states.batch_size
 
     def compute(self) -> dict[str, np.ndarray]:
