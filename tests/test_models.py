@@ -165,3 +165,12 @@ def test_bf16_capture_runs(saved):
     config = AnalysisConfig(metrics=["similarity", "attention"])
     report = analyze(adapter, torch.randn(8, 3, 32, 32), config=config)
     assert report.table["attn_entropy"].iloc[2:].notna().all()
+
+
+def test_untrained_reference_model_says_how_to_train_it(tmp_path, monkeypatch):
+    from hf_isi import zoo
+
+    monkeypatch.setattr(zoo, "reference_models_root", lambda: tmp_path)
+    with pytest.raises(ModelError, match="not trained.*train_reference.py --models isi-vit-d4") as err:
+        ModelAdapter.from_pretrained("isi-vit-d4")
+    assert "\n" not in str(err.value)
