@@ -886,11 +886,12 @@ def _same(a: Any, b: Any) -> bool:
 
 def _merge_summaries(sources: Sequence[dict[str, Any]], dest: Path) -> None:
     """Several results folders: one summary (alignment over every model) and redrawn comparison plots."""
+    from .report import json_safe
     from .results import COMPARISON_METRICS, build_summary, load_results
 
     reports = [r for s in sources for r in load_results(s["path"]).values()]
     run = {"merged_from": [{"results_dir": s["path"].name, **s["summary"].get("run", {})} for s in sources]}
-    summary = _json_safe(build_summary(reports, run))
+    summary = json_safe(build_summary(reports, run))
     (dest / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     plots = dest / "plots"
     for s in sources:
@@ -908,20 +909,6 @@ def _merge_summaries(sources: Sequence[dict[str, Any]], dest: Path) -> None:
             fig = plot_comparison(reports, metric)
             fig.savefig(plots / f"comparison_{metric}.png", dpi=110)
             plt.close(fig)
-
-
-def _json_safe(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _dataset_card(sources: Sequence[dict[str, Any]], summary: Mapping[str, Any], configs: list[dict[str, Any]],

@@ -31,12 +31,13 @@ PHASE_CURVES: tuple[str, ...] = ("centered_similarity", "isi", "isi_attention", 
 TABLE_COLUMNS: tuple[str, ...] = ("model", "layer", "num_images", *METRIC_COLUMNS, *PER_HEAD_COLUMNS, "phase")
 
 
-def _clean(v: Any) -> Any:
-    """JSON-safe values: numpy scalars to Python, NaN/inf to None."""
+def json_safe(v: Any) -> Any:
+    """Strict-JSON values: numpy scalars to Python, NaN/inf to None (so ``json.dumps(allow_nan=False)`` cannot
+    fail on them), recursively through dicts, lists and tuples."""
     if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
+        return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_safe(x) for x in v]
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -107,7 +108,7 @@ class Report:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: model-level values, phases of each curve, provenance."""
-        return _clean({"model": self.model, "num_layers": self.num_layers, **self.scalars,
+        return json_safe({"model": self.model, "num_layers": self.num_layers, **self.scalars,
                        "phases": {c: f.to_dict() for c, f in self.phases.items()}, "provenance": self.provenance})
 
     def __repr__(self) -> str:
@@ -124,7 +125,7 @@ class Report:
         """The table as a ``datasets.Dataset`` with explicit, nullable features."""
         import datasets
 
-        rows = [{k: _clean(v) for k, v in row.items()} for row in self.table.to_dict(orient="records")]
+        rows = [{k: json_safe(v) for k, v in row.items()} for row in self.table.to_dict(orient="records")]
         return datasets.Dataset.from_list(rows, features=results_features())
 
     def save(self, directory: str | Path) -> Path:

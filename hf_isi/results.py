@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from .phases import align_phases, align_tradeoffs
-from .report import Report, results_features
+from .report import Report, json_safe, results_features
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ def write_results(reports: Sequence[Report], output_dir: str | os.PathLike, *, r
         raise ValueError(f"write_results needs reports of distinct models, got {names}")
     out = Path(output_dir)
     (out / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
-    summary = _json_safe(build_summary(reports, run))
+    summary = json_safe(build_summary(reports, run))
 
     table = _results_table(reports)
     table.to_parquet(str(out / RESULTS_DIR / "data.parquet"))
@@ -233,19 +231,6 @@ def _card(reports: Sequence[Report], summary: Mapping[str, Any]) -> Any:
 
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
-
-
-def _json_safe(value: Any) -> Any:
-    """Strict JSON: NaN/inf become null (``json.dumps(allow_nan=False)`` then cannot fail on them)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 import transformers as tf
-from accelerate import debug_launcher
 
 from hf_isi import AnalysisConfig, Analyzer, ModelAdapter, Report, analyze
 from hf_isi.report import METRIC_COLUMNS, TABLE_COLUMNS
@@ -144,7 +143,6 @@ def test_two_process_all_reduce_equals_one_process():
     process whose OpenMP pool is already running (earlier tests) can deadlock."""
     import os
     import subprocess
-    import sys
 
     from accelerate.test_utils.testing import get_launch_command, get_torch_dist_unique_port
 
