@@ -335,13 +335,23 @@ class ModelRun:
         self.shard = shard_range(len(ctx.ds), acc.process_index, acc.num_processes)
         self.checkpoint = ctx.workspace.rank_checkpoint(index, acc.process_index)
 
-    def run(self) -> Report | None:
-        """The model's report on the main process (``None`` elsewhere)."""
+    @property
+    def finaliser(self) -> int:
+        """The rank that turns this model's global state into its report: models are dealt round-robin over the
+        main node's ranks (global ranks ``0..LOCAL_WORLD_SIZE-1``, so the main process can read the report from
+        local disk), and the finalisations (eigendecompositions, probe fits) of several models run in parallel
+        with the next model's streaming."""
+        acc = self.ctx.accelerator
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+        return self.index % max(1, min(acc.num_processes, local_world))
+
+    def run(self) -> None:
+        """Analyse the model; its finaliser rank writes the report to ``report_dir`` (read back by :func:`run`)."""
         ctx, acc = self.ctx, self.ctx.accelerator
         finished = ctx.workspace.report_dir(self.index)
         if (finished / "summary.json").is_file():
             logger.info("%s: already analysed (checkpoint), skipping", self.name)
-            return Report.load(finished) if acc.is_main_process else None
+            return
         start = time.perf_counter()
         adapter, processor = load_adapter(self.name, self.args, acc.device)
         analyzer = Analyzer(adapter, ctx.analysis, ctx.num_classes)
@@ -356,16 +366,16 @@ class ModelRun:
         from accelerate.utils import gather_object
 
         skipped = sorted({i for ids in gather_object([progress.skipped]) for i in ids}, key=_natural)
-        report = None
-        if acc.is_main_process:
+        # Every rank is past the previous model's sync, so its finaliser has written that report to disk
+        # (a rank finalises before it streams the next model): the previous rank checkpoints are obsolete.
+        if self.index > 0:
+            ctx.workspace.rank_checkpoint(self.index - 1, acc.process_index).unlink(missing_ok=True)
+        if acc.process_index == self.finaliser:
             report = analyzer.report(**ctx.provenance(), num_images_skipped=len(skipped),
                                      skipped_ids=skipped[:MAX_LISTED_SKIPS], resumed=ctx.mode == "resume",
                                      wall_time_s=round(time.perf_counter() - start, 3))
             _save_report(report, finished)
-        acc.wait_for_everyone()  # the report is safe on disk: this model's rank checkpoints are obsolete
-        self.checkpoint.unlink(missing_ok=True)
         _release(adapter)
-        return report
 
     def restore(self, analyzer: Analyzer) -> ShardProgress:
         """This rank's checkpoint of this model, if it covers the same shard (same process count)."""
@@ -511,12 +521,15 @@ def run(args: Arguments, accelerator: Any) -> Path | None:
 
     ctx = RunContext(accelerator, workspace, mode, ds, analysis, classes, calibration, args)
     names = args.model.model_name_or_path
-    reports = []
     for index, name in enumerate(names):
         logger.info("model %d/%d: %s", index + 1, len(names), name)
-        reports.append(ModelRun(index, name, args, ctx).run())
+        ModelRun(index, name, args, ctx).run()
+    accelerator.wait_for_everyone()  # every report is on disk: no rank checkpoint is needed any more
+    for index in range(len(names)):
+        workspace.rank_checkpoint(index, accelerator.process_index).unlink(missing_ok=True)
     if not accelerator.is_main_process:
         return None
+    reports = [Report.load(workspace.report_dir(index)) for index in range(len(names))]
     summary = run_summary(ctx, reports, started, time.perf_counter() - wall)
     write_results(reports, workspace.staging, run=summary, plots=args.run.plots)
     workspace.publish()
