@@ -19,12 +19,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def cpu_commands(threads: list[str], suffix: list[str]) -> list[list[str]]:
-    report_suffix = ["--suffix", "report" + (f"-{suffix[1]}" if suffix else "")]
     return [
         ["bench_overhead.py", "--model", "vit_s16_224", "--images", "256", "--batch-size", "16", "--repeats", "3",
          "--isi-dims", "8,4", *threads, *suffix],
-        ["bench_overhead.py", "--model", "vit_s16_224", "--images", "32", "--batch-size", "16", "--repeats", "1",
-         "--families", "", "--isi-dims", "8,4", *threads, *report_suffix],
         ["bench_memory.py", "--model", "vit_ti16_112", "--counts", "1000,4000,16000", "--batch-size", "64",
          *threads, *suffix],
         ["bench_naive.py", "--model", "vit_ti16_112", "--images", "4000", "--batch-size", "64", *threads, *suffix],
