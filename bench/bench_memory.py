@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row["gpu_peak_vs_first"] = row["gpu_peak_mb"] / rows[0]["gpu_peak_mb"]
         growth = rows[-1]["peak_rss_mb"] / base - 1
         print(f"# peak RSS {rows[-1]['images']} vs {rows[0]['images']} images: {growth:+.1%} (target: within 10%)")
-    path = common.result_path("memory", args.device, args.dtype, args.model, args.suffix, args.out_dir)
-    csv_path, _ = common.write_results(rows, path, meta)
-    print(f"# wrote {csv_path}")
+    common.save_results("memory", args, rows, meta)
     return rows
 
 

@@ -184,9 +184,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      "extra_memory_ratio_vs_naive", "best_probe_mean_acc", "loadavg")
                  if row.get(k) is not None}
         common.Line("naive", row["approach"])(**shown)
-    path = common.result_path("naive", args.device, args.dtype, args.model, args.suffix, args.out_dir)
-    csv_path, _ = common.write_results(rows, path, meta)
-    print(f"# wrote {csv_path}")
+    common.save_results("naive", args, rows, meta)
     return rows
 
 

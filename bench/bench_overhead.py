@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             add_row(f"report() of {label}", tr, None, one_off=True)
         a = isi = None
 
-    path = common.result_path("overhead", dev, args.dtype, args.model, args.suffix, args.out_dir)
-    csv_path, _ = common.write_results(rows, path, meta)
-    print(f"# wrote {csv_path}")
+    common.save_results("overhead", args, rows, meta)
     return rows
 
 

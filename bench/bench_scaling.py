@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             common.Line("scaling", f"{mode} {n} proc x {row['threads_per_process']} thr")(
                 img_per_s=row["img_per_s"], seconds=seconds, speedup_vs_first=row["speedup_vs_first"],
                 threads=row["threads_per_process"], loadavg=row["loadavg"])
-    path = common.result_path("scaling", args.device, args.dtype, args.model, args.suffix, args.out_dir)
-    csv_path, _ = common.write_results(rows, path, meta)
-    print(f"# wrote {csv_path}")
+    common.save_results("scaling", args, rows, meta)
     return rows
 
 

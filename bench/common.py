@@ -166,14 +166,12 @@ def run_worker(cmd: list[str], what: str) -> dict[str, Any]:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def result_path(bench: str, device: str, dtype: str, model: str, suffix: str = "", out_dir: Path | None = None) -> Path:
-    dev = "cuda" if str(device).startswith("cuda") else str(device)
-    name = f"{bench}-{dev}-{dtype}-{model}{('-' + suffix) if suffix else ''}"
-    return (out_dir or RESULTS) / name
-
-
-def write_results(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> tuple[Path, Path]:
-    """``path.csv`` (one row per configuration, environment in columns) and ``path.json`` (rows + meta)."""
+def save_results(bench: str, args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
+    """Write ``<out_dir>/<bench>-<device>-<dtype>-<model>[-<suffix>].csv`` (one row per configuration, environment
+    in columns) and the same name ``.json`` (rows + meta); print and return the CSV's path."""
+    dev = "cuda" if str(args.device).startswith("cuda") else str(args.device)
+    name = f"{bench}-{dev}-{args.dtype}-{args.model}{('-' + args.suffix) if args.suffix else ''}"
+    path = (args.out_dir or RESULTS) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = [{**{k: v for k, v in meta.items() if not isinstance(v, (dict, list))}, **r} for r in rows]
     keys: list[str] = []
@@ -187,7 +185,8 @@ def write_results(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) 
             w.writerow({k: _cell(r.get(k)) for k in keys})
     with open(json_path, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
-    return csv_path, json_path
+    print(f"# wrote {csv_path}")
+    return csv_path
 
 
 def _cell(v: Any) -> Any:

@@ -5,7 +5,6 @@ same numbers, and bad input gives one-line errors. Small in-process tests cover 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from _modules import load_module
 
 from hf_isi.report import METRIC_COLUMNS, results_features
 from hf_isi.results import load_results, plot_filename
@@ -31,15 +32,7 @@ REQUIRED_COLUMNS = (
 )
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("hf_isi_probe_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-probe = _load_script()
+probe = load_module("hf_isi_probe_script", SCRIPT)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -24,6 +23,8 @@ from pathlib import Path
 import httpx2
 import huggingface_hub
 import pytest
+
+from _modules import load_module
 import torch
 
 from hf_isi import hub
@@ -35,15 +36,7 @@ TOKEN = "hf_FAKEtoken0123456789abcdefSECRET"  # what a token looks like; asserte
 NAMESPACE = "me"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("hf_isi_publish_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-publish = _load_script()
+publish = load_module("hf_isi_publish_script", SCRIPT)
 
 
 # -- inputs: tiny models, results folders, cards -----------------------------------------------------------
@@ -515,10 +508,7 @@ def test_out_dir_not_made_by_publish_is_refused(tmp_path):
 def metric_app(inputs):
     os.environ["HF_ISI_METRIC_MODELS"] = f"tiny-vit={inputs['model']}"
     try:
-        spec = importlib.util.spec_from_file_location("hf_isi_metric_space_app", ROOT / "isi" / "app.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        module = load_module("hf_isi_metric_space_app", ROOT / "isi" / "app.py")
     finally:
         del os.environ["HF_ISI_METRIC_MODELS"]
     return module

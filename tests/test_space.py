@@ -9,7 +9,6 @@ prefix tokens, a Swin with windowed attention), so nothing depends on the traine
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _modules import load_module
 import torch
 from PIL import Image
 
@@ -63,11 +64,7 @@ def load_app():
     name = "hf_isi_space_app"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, APP_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(name, APP_PATH)
 
 
 def launch(demo):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from _modules import load_module
 
 from hf_isi import zoo
 from hf_isi.zoo import (
@@ -29,13 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def train_script():
     """scripts/train_reference.py imported as a module (scripts/ is not a package)."""
-    path = ROOT / "scripts" / "train_reference.py"
-    spec = importlib.util.spec_from_file_location("hf_isi_train_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_module("hf_isi_train_reference", ROOT / "scripts" / "train_reference.py")
+    sys.modules.pop("hf_isi_train_reference", None)
 
 
 @pytest.fixture(scope="module")
