@@ -371,7 +371,8 @@ class ModelRun:
         if self.index > 0:
             ctx.workspace.rank_checkpoint(self.index - 1, acc.process_index).unlink(missing_ok=True)
         if acc.process_index == self.finaliser:
-            report = analyzer.report(**ctx.provenance(), num_images_skipped=len(skipped),
+            report = analyzer.report(**ctx.provenance(), finalised_by_rank=acc.process_index,
+                                     num_images_skipped=len(skipped),
                                      skipped_ids=skipped[:MAX_LISTED_SKIPS], resumed=ctx.mode == "resume",
                                      wall_time_s=round(time.perf_counter() - start, 3))
             _save_report(report, finished)

@@ -157,6 +157,9 @@ def test_one_and_two_processes_give_the_same_results(assets, one_process_run):
     run = json.loads((two / "summary.json").read_text())["run"]
     assert run["num_processes"] == 2 and run["distributed_type"] == "MULTI_CPU"
     assert run["num_images_skipped"] == 1 and run["num_images"] == NUM_IMAGES  # counted across processes
+    # models are dealt round-robin: the second one was finalised on rank 1
+    ranks = [r.provenance["finalised_by_rank"] for r in load_results(two).values()]
+    assert ranks == [0, 1]
 
 
 @pytest.mark.slow
