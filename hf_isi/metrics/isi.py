@@ -36,9 +36,9 @@ def _mirror_upper_blocks(gram: torch.Tensor, bounds: list[tuple[int, int]]) -> N
             gram[..., c0:c1, r0:r1].copy_(gram[..., r0:r1, c0:c1].transpose(-1, -2))
 
 
-def _block_diagonal_sum(m: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Sum of the ``n`` diagonal ``k x k`` blocks of an ``[n k, n k]`` matrix."""
-    return m.reshape(n, k, n, k).diagonal(dim1=0, dim2=2).sum(-1)
+def _diagonal_blocks(m: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The ``n`` diagonal ``k x k`` blocks of an ``[n k, n k]`` matrix, as ``[n, k, k]``."""
+    return m.reshape(n, k, n, k).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
 class ReconstructionISIAccumulator(Accumulator):
@@ -217,24 +217,19 @@ class ReconstructionISIAccumulator(Accumulator):
 
         Self-only: one map ``W`` shared by the ``N`` positions, with a per-position intercept (as the
         all-to-all map has), i.e. ``y_i - mean_fit(y_i) ~ W^T (x_i - mean_fit(x_i))``. Its statistics are those
-        of every split shifted by the fit split's per-position means, summed over the diagonal ``k x k``
-        blocks; the fit split is then centred, so the ridge fit's own intercept is zero.
+        of every split's diagonal ``k x k`` blocks (one per position) shifted by the fit split's per-position
+        means, summed over positions; the fit split is then centred, so the ridge fit's own intercept is zero.
         """
         s = RidgeStats(self.n[split], self.sx[index][split], self.sy[split], self.xx[index][split],
                        self.xy[index][split], self.yy[split])
         if not self_only:
             return s
-        n_fit = self.n[FIT].clamp_min(1)
-        s = s.shifted(self.sx[index][FIT] / n_fit, self.sy[FIT] / n_fit)
         n, k = self.num_targets, self.dim
-        return RidgeStats(
-            s.n * n,
-            s.sx.reshape(n, k).sum(0),
-            s.sy.reshape(n, k).sum(0),
-            _block_diagonal_sum(s.xx, n, k),
-            _block_diagonal_sum(s.xy, n, k),
-            s.yy.reshape(n, k).sum(0),
-        )
+        n_fit = self.n[FIT].clamp_min(1)
+        per_position = RidgeStats(s.n, s.sx.reshape(n, k), s.sy.reshape(n, k), _diagonal_blocks(s.xx, n, k),
+                                  _diagonal_blocks(s.xy, n, k), s.yy.reshape(n, k))
+        p = per_position.shifted((self.sx[index][FIT] / n_fit).reshape(n, k), (self.sy[FIT] / n_fit).reshape(n, k))
+        return RidgeStats(s.n * n, p.sx.sum(0), p.sy.sum(0), p.xx.sum(0), p.xy.sum(0), p.yy.sum(0))
 
     def compute(self) -> dict[str, np.ndarray]:
         cols = {c: self.missing_column() for c in

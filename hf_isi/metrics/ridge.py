@@ -34,14 +34,18 @@ class RidgeStats:
     yy: torch.Tensor
 
     def shifted(self, mx: torch.Tensor, my: torch.Tensor) -> RidgeStats:
-        """The statistics of the same samples with ``x - mx`` and ``y - my``."""
+        """The statistics of the same samples with ``x - mx`` and ``y - my`` (leading batch dims allowed)."""
         n = self.n
+
+        def outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a.unsqueeze(-1) * b.unsqueeze(-2)
+
         return RidgeStats(
             n,
             self.sx - n * mx,
             self.sy - n * my,
-            self.xx - torch.outer(self.sx, mx) - torch.outer(mx, self.sx) + n * torch.outer(mx, mx),
-            self.xy - torch.outer(self.sx, my) - torch.outer(mx, self.sy) + n * torch.outer(mx, my),
+            self.xx - outer(self.sx, mx) - outer(mx, self.sx) + n * outer(mx, mx),
+            self.xy - outer(self.sx, my) - outer(mx, self.sy) + n * outer(mx, my),
             self.yy - 2 * my * self.sy + n * my * my,
         )
 
