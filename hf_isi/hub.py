@@ -422,10 +422,10 @@ def build_model_folder(model: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     name = _model_name(model)
     if str(model) in zoo.list_reference_models():
-        source = zoo.reference_model_path(str(model))
-        if not (source / "config.json").is_file():
-            raise PublishError(f"reference model {name!r} is not trained: {source} has no config.json "
-                               "(run scripts/train_reference.py)")
+        try:
+            source = zoo.trained_reference_path(str(model))
+        except FileNotFoundError as err:
+            raise PublishError(str(err)) from None
     else:
         source = Path(model)
         if not (source / "config.json").is_file():
@@ -1153,7 +1153,7 @@ demo = getattr(app, "demo", None)
 if not isinstance(demo, gradio.Blocks):
     raise SystemExit("app.py defines no gradio Blocks called demo")
 from hf_isi import zoo
-models = [n for n in zoo.list_reference_models() if (zoo.reference_model_path(n) / "config.json").is_file()]
+models = zoo.trained_reference_models()
 out = {"hf_isi": os.path.relpath(origin, folder), "blocks": type(demo).__name__, "models": models}
 """
 

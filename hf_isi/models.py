@@ -120,13 +120,10 @@ class ModelAdapter:
 
         source = str(name_or_path)
         if source in zoo.list_reference_models():
-            source = str(zoo.reference_model_path(source))
-            if not (Path(source) / "config.json").is_file():
-                raise ModelError(
-                    f"built-in reference model {name_or_path!r} is not trained in this installation ({source} "
-                    "has no config.json); run `python scripts/train_reference.py --models "
-                    f"{name_or_path}` or pass another model"
-                )
+            try:
+                source = str(zoo.trained_reference_path(source))
+            except FileNotFoundError as err:
+                raise ModelError(str(err)) from None
         kwargs: dict[str, Any] = {"revision": revision, "dtype": resolve_dtype(dtype)}
         if attentions:
             kwargs["attn_implementation"] = "eager"

@@ -262,6 +262,27 @@ def reference_model_path(name: str) -> pathlib.Path:
     return reference_models_root() / name
 
 
+def trained_reference_path(name: str) -> pathlib.Path:
+    """:func:`reference_model_path`, checked to hold trained weights.
+
+    Raises:
+        ValueError: for an unknown name; FileNotFoundError (one line, with the command that trains it) for a
+        model that is not trained in this installation.
+    """
+    path = reference_model_path(name)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"reference model {name!r} is not trained in this installation ({path} has no config.json); run "
+            f"`python scripts/train_reference.py --models {name}`"
+        )
+    return path
+
+
+def trained_reference_models() -> list[str]:
+    """Names of the reference models whose weights are in the installed package (registry order)."""
+    return [name for name in REFERENCE_MODELS if (reference_model_path(name) / "config.json").is_file()]
+
+
 def load_reference_model(name: str, dtype=None, attn_implementation: str = "eager"):
     """``(ViTForImageClassification, ViTImageProcessorPil)`` for a reference model, offline, in eval mode.
 
@@ -271,12 +292,7 @@ def load_reference_model(name: str, dtype=None, attn_implementation: str = "eage
     import torch
     from transformers import ViTForImageClassification, ViTImageProcessorPil
 
-    path = reference_model_path(name)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"reference model {name!r} is not trained: {path} has no config.json "
-            "(run scripts/train_reference.py)"
-        )
+    path = trained_reference_path(name)
     model = ViTForImageClassification.from_pretrained(
         path, attn_implementation=attn_implementation, dtype=torch.float32 if dtype is None else dtype
     )

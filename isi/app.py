@@ -73,10 +73,8 @@ def module_path() -> str:
 def available_models() -> dict[str, str]:
     """Display name -> checkpoint folder: the trained reference models, plus ``HF_ISI_METRIC_MODELS``."""
     out = {}
-    for name in zoo.list_reference_models():
-        path = zoo.reference_model_path(name)
-        if (path / "config.json").is_file():
-            out[name] = str(path)
+    for name in zoo.trained_reference_models():
+        out[name] = str(zoo.reference_model_path(name))
     for item in os.environ.get("HF_ISI_METRIC_MODELS", "").split(";"):
         if "=" in item:
             name, path = (part.strip() for part in item.split("=", 1))

@@ -131,14 +131,7 @@ def friendly_errors(fn: Callable) -> Callable:
 # -- models ------------------------------------------------------------------------------------------------
 def builtin_models() -> dict[str, str]:
     """Display name -> source of the built-in reference models that are present in the installed package."""
-    out = {}
-    for name in zoo.list_reference_models():
-        try:
-            if (zoo.reference_model_path(name) / "config.json").is_file():
-                out[name] = name
-        except ValueError:
-            continue
-    return out
+    return {name: name for name in zoo.trained_reference_models()}
 
 
 def env_models() -> dict[str, str]:
