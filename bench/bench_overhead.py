@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--isi-dims", default="", help="extra end-to-end full-suite rows with these isi_dim values")
     p.add_argument("--no-full", action="store_true", help="skip the end-to-end full-suite row(s)")
     p.add_argument("--no-report", action="store_true", help="skip timing report()")
+    p.add_argument("--report-repeats", type=int, default=None, help="timed report() calls (default: min(repeats, 3))")
     p.add_argument("--sdpa", action="store_true", help="also time the bare forward with SDPA attention (reference)")
     args = p.parse_args(argv)
     common.apply_threads(args.threads)
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         add_row(label, tf_, tb, cf, cb, added_s=statistics.median(tf_) - statistics.median(tb),
                 state_mb=round(state_megabytes(a), 1), isi_dim=a.config.isi_dim)
         if not args.no_report:
-            tr = [_timed(lambda: a.report(), dev) for _ in range(max(1, min(args.repeats, 3)))]
+            n_report = args.report_repeats or max(1, min(args.repeats, 3))
+            tr = [_timed(lambda: a.report(), dev) for _ in range(n_report)]
             add_row(f"report() of {label}", tr, None, one_off=True)
         a = isi = None
 

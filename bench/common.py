@@ -136,14 +136,26 @@ def environment(device: str) -> dict[str, Any]:
         env["transformers"] = transformers.__version__
     except ImportError:  # pragma: no cover
         pass
-    try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                           cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = None
+    env["git_commit"] = _git_commit()
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
+
+
+def _git_commit() -> str | None:
+    """The short HEAD commit, with ``+dirty`` when tracked hf_isi/ or bench/ files differ from it (the figures
+    then come from uncommitted code)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").stdout.strip()
+        if not commit:
+            return None
+        dirty = git("diff", "--quiet", "HEAD", "--", "../hf_isi", "../bench/*.py").returncode == 1
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu_name() -> str:

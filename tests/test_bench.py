@@ -62,6 +62,16 @@ def test_naive(tmp_path):
     assert all(float(r["peak_rss_mb"]) > 0 and float(r["speedup_vs_naive"]) > 0 for r in rows)
 
 
+def test_precision(tmp_path):
+    import bench_precision
+
+    rows = bench_precision.main(["--models", "isi-vit-d4", "--images", "40", "--out-dir", str(tmp_path)])
+    check_outputs(tmp_path, "precision-cpu-fp32-reference")
+    time_row = rows[-1]
+    assert time_row["column"] == "time" and time_row["float64_s"] > 0 and time_row["mixed_s"] > 0
+    assert {r["column"] for r in rows[:-1]} >= {"isi", "aci", "attn_entropy", "probe_mean_acc"}
+
+
 @pytest.mark.slow
 def test_scaling(tmp_path):
     """Two real ``accelerate launch`` runs (1 and 2 CPU processes)."""

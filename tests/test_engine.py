@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import transformers as tf
+from _compare import assert_columns_close
 
 from hf_isi import AnalysisConfig, Analyzer, ModelAdapter, Report, analyze
-from hf_isi.report import METRIC_COLUMNS, TABLE_COLUMNS
+from hf_isi.report import TABLE_COLUMNS
 
 CONFIG = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=16,
               patch_size=4)
@@ -29,17 +29,14 @@ def data(n=120, seed=0):
     return pixels, labels
 
 
-def assert_tables_close(a: pd.DataFrame, b: pd.DataFrame, rtol=1e-6):
-    for col in METRIC_COLUMNS:
-        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=rtol, atol=1e-12, err_msg=col)
-
-
-def test_batch_size_does_not_change_results():
+@pytest.mark.parametrize("precision", ["float64", "mixed"])
+def test_batch_size_does_not_change_results(precision):
     pixels, labels = data()
     model = tiny_vit()
-    one = analyze(model, pixels, labels, batch_size=120)
-    many = analyze(model, pixels, labels, batch_size=7)
-    assert_tables_close(one.table, many.table)
+    config = AnalysisConfig(precision=precision)
+    one = analyze(model, pixels, labels, batch_size=120, config=config)
+    many = analyze(model, pixels, labels, batch_size=7, config=config)
+    assert_columns_close(one.table, many.table, precision)
     assert (one.table["phase"] == many.table["phase"]).all()
 
 
@@ -57,15 +54,15 @@ def test_merged_halves_equal_one_pass_and_state_round_trips():
 
     whole = analyzer(0, 120).report()
     merged = analyzer(0, 50).merge(analyzer(50, 120)).report()
-    assert_tables_close(whole.table, merged.table)
+    assert_columns_close(whole.table, merged.table)
     # an empty shard (more processes than images) merges as a no-op
-    assert_tables_close(whole.table, analyzer(0, 120).merge(analyzer(0, 0)).report().table)
+    assert_columns_close(whole.table, analyzer(0, 120).merge(analyzer(0, 0)).report().table)
 
     saved = analyzer(0, 50).state_dict()
     resumed = Analyzer(adapter, config, num_classes=3)
     resumed.load_state_dict(saved)
     resumed.update(pixels[50:], labels[50:], ids=range(50, 120))
-    assert_tables_close(whole.table, resumed.report().table)
+    assert_columns_close(whole.table, resumed.report().table)
     with pytest.raises(ValueError, match="another configuration"):
         Analyzer(adapter, AnalysisConfig(isi_dim=4), num_classes=3).load_state_dict(saved)
 
@@ -81,7 +78,7 @@ def test_report_table_dataset_and_files(tmp_path):
     assert ds[0]["ccc"] is None and ds[0]["attn_entropy_per_head"] is None
     report.save(tmp_path)
     again = Report.load(tmp_path)
-    assert_tables_close(report.table, again.table, rtol=0)
+    assert_columns_close(report.table, again.table, "exact")
     assert again.phases.keys() == report.phases.keys()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["provenance"]["torch_version"] == torch.__version__.split("+")[0] or summary["provenance"][
@@ -133,7 +130,7 @@ def _sync_worker():
     single = Analyzer(adapter, AnalysisConfig(), num_classes=3)
     single.setup(pixels)
     single.update(pixels, labels, ids=range(90))
-    assert_tables_close(a.report().table, single.report().table)
+    assert_columns_close(a.report().table, single.report().table)
     print(f"SYNC_OK rank={acc.process_index} world={acc.num_processes}")
 
 

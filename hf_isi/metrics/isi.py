@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..states import FIT, SPLITS, TEST, VAL, LayerStates
-from ._scratch import Scratch
+from ._scratch import Scratch, add_product, compute_dtype
 from .base import Accumulator, float64_zeros
 from .ridge import DEFAULT_PENALTIES, RidgeStats, select_ridge
 
@@ -65,22 +65,31 @@ class ReconstructionISIAccumulator(Accumulator):
     Speed: adding a few images to an ``(N k)^2`` Gram is a rank-few update that reads and writes the whole
     matrix (6.6 GB per batch for ViT-B/16 at ``k = 16``), so it is bound by memory bandwidth, not arithmetic.
     The projected rows of up to :attr:`buffer_images` images are therefore kept (bounded:
-    ``buffer_images * (sum_l N_l k + N k)`` float64) and added in one matrix product per layer and split when
-    the buffer is full, or before anything reads the Gram sums ``xx``/``xy`` (properties that flush first), so
-    the states and every result are those of adding each batch at once, up to float64 summation order.
+    ``buffer_images * (sum_l N_l k + N k)`` values of the compute dtype) and added in one matrix product per
+    layer and split when the buffer is full, or before anything reads the Gram sums ``xx``/``xy`` (properties
+    that flush first), so the states and every result are those of adding each batch at once, up to summation
+    order. Under ``precision="mixed"`` the projections and those products are float32 (twice the float64 GEMM
+    rate on CPU) and each product is added to the float64 sums; the buffer is then 4x larger, so that adding
+    a float32 product to the float64 sums (a pass over the state) costs little per image.
     """
 
     name = "isi"
-    #: images whose ``x x^T`` / ``x y^T`` contributions are buffered before one large update (see below)
-    buffer_images: int = 256
 
-    def __init__(self, dim: int = 16, penalties: tuple[float, ...] = DEFAULT_PENALTIES, seed: int = 0) -> None:
+    def __init__(self, dim: int = 16, penalties: tuple[float, ...] = DEFAULT_PENALTIES, seed: int = 0,
+                 precision: str = "float64") -> None:
         super().__init__()
         self.dim, self.penalties, self.seed = int(dim), tuple(penalties), int(seed)
+        self.precision, self.dtype = precision, compute_dtype(precision)
+        #: images whose ``x x^T`` / ``x y^T`` contributions are buffered before one large update (see above)
+        self.buffer_images = 256 if self.dtype == torch.float64 else 1024
         self.num_targets = 0
         self.tokens_per_layer: list[int] = []
-        self._pending: list[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]] = []
-        self._pending_images = 0
+        # the Gram buffer: preallocated rows (one block per layer, targets, split ids) filled batch by batch,
+        # so buffering allocates nothing per batch (see _reserve and flush)
+        self._rows_x: list[torch.Tensor] = []
+        self._rows_y: torch.Tensor | None = None
+        self._rows_split: torch.Tensor | None = None
+        self._filled = 0
         self._lower_stale = False  # xx's lower off-diagonal blocks lag the upper ones (see flush)
         self._scratch = Scratch()  # reusable CPU buffers, not state
 
@@ -115,30 +124,44 @@ class ReconstructionISIAccumulator(Accumulator):
         ``x^T x`` is symmetric: only its diagonal and upper blocks are updated here (5/8 of the arithmetic with
         4 x 4 blocks); the lower blocks are copied from the upper ones when ``xx`` is next read.
         """
-        if not self._pending:
+        if not self._filled:
             return
-        pending, self._pending, self._pending_images = self._pending, [], 0
-        split = torch.cat([p[2] for p in pending])
-        y = torch.cat([p[0] for p in pending])
-        masks = [split == s for s in range(len(SPLITS))]
-        ys = [y[m] for m in masks]
+        filled, self._filled = self._filled, 0
+        # rows grouped by split with one gather per layer, then each split is a contiguous slice
+        split = self._rows_split[:filled]
+        order = torch.argsort(split, stable=True)
+        ends = torch.cumsum(torch.bincount(split, minlength=len(SPLITS)), 0).tolist()
+        ranges = [(lo, hi) for lo, hi in zip([0] + ends[:-1], ends)]
+        y = self._rows_y[:filled].index_select(0, order)
         for i in range(len(self._xx)):
-            x = torch.cat([p[1][i] for p in pending])
+            x = self._rows_x[i][:filled].index_select(0, order)
             bounds = _block_bounds(x.shape[1])
-            for s, m in enumerate(masks):
-                if ys[s].shape[0] == 0:
+            for s, (lo, hi) in enumerate(ranges):
+                if hi == lo:
                     continue
-                xs = x[m]
+                xs, ys = x[lo:hi], y[lo:hi]
                 gram = self._xx[i][s]
                 for j, (r0, r1) in enumerate(bounds):
                     left = xs[:, r0:r1].T
                     for c0, c1 in bounds[j:]:
-                        gram[r0:r1, c0:c1].addmm_(left, xs[:, c0:c1])
-                self._xy[i][s].addmm_(xs.T, ys[s])
+                        add_product(gram[r0:r1, c0:c1], left, xs[:, c0:c1], self._scratch, "product")
+                add_product(self._xy[i][s], xs.T, ys, self._scratch, "product")
             self._lower_stale = len(bounds) > 1 or self._lower_stale
 
+    def _reserve(self, rows: int, y: torch.Tensor, xs: list[torch.Tensor]) -> int:
+        """Room for ``rows`` more images in the Gram buffer (flushing it first if they do not fit, growing it
+        for a batch larger than :attr:`buffer_images`); returns the first free row."""
+        if self._filled + rows > (0 if self._rows_y is None else self._rows_y.shape[0]):
+            self.flush()
+        if self._rows_y is None or rows > self._rows_y.shape[0]:
+            capacity = max(rows, self.buffer_images)
+            self._rows_y = y.new_empty(capacity, y.shape[1])
+            self._rows_x = [x.new_empty(capacity, x.shape[1]) for x in xs]
+            self._rows_split = torch.empty(capacity, dtype=torch.int64, device=y.device)
+        return self._filled
+
     def load_state_dict(self, state: dict) -> None:
-        self._pending, self._pending_images = [], 0
+        self._filled = 0
         super().load_state_dict(state)
 
     def setup(self, states: LayerStates) -> None:
@@ -181,17 +204,18 @@ class ReconstructionISIAccumulator(Accumulator):
         self.num_targets, self.tokens_per_layer = extra["num_targets"], list(extra["tokens_per_layer"])
 
     def targets(self, states: LayerStates) -> torch.Tensor:
-        """Standardised, projected ``z0`` of a batch, concatenated over positions: ``[B, N k]``."""
-        z0 = self._scratch.float64(states.patch_embeddings, "z0")
-        y = torch.matmul(z0.sub_(self.target_mean).div_(self.target_scale), self.target_projection)
+        """Standardised, projected ``z0`` of a batch, concatenated over positions: ``[B, N k]`` (compute dtype)."""
+        z0 = self._scratch.cast(states.patch_embeddings, "z0", self.dtype)
+        z0 = z0.sub_(self.target_mean.to(self.dtype)).div_(self.target_scale.to(self.dtype))
+        y = torch.matmul(z0, self.target_projection.to(self.dtype))
         return y.reshape(z0.shape[0], -1)
 
     def inputs(self, states: LayerStates, index: int) -> torch.Tensor:
         """Projected patch tokens of layer ``index - 1``, concatenated over positions, minus their calibration
-        mean: ``[B, N_l k]``."""
-        tokens = self._scratch.float64(states.patch_tokens(states.layers[index]), "tokens")
-        x = torch.matmul(tokens, self.input_projections[index]).reshape(tokens.shape[0], -1)
-        return x.sub_(self.input_shifts[index])
+        mean: ``[B, N_l k]`` (compute dtype)."""
+        tokens = self._scratch.cast(states.patch_tokens(states.layers[index]), "tokens", self.dtype)
+        x = torch.matmul(tokens, self.input_projections[index].to(self.dtype)).reshape(tokens.shape[0], -1)
+        return x.sub_(self.input_shifts[index].to(self.dtype))
 
     def update(self, states: LayerStates) -> None:
         y = self.targets(states)
@@ -200,16 +224,21 @@ class ReconstructionISIAccumulator(Accumulator):
         for s, m in enumerate(masks):
             ys = y[m]
             self.n[s] += ys.shape[0]
-            self.sy[s] += ys.sum(0)
-            self.yy[s] += (ys * ys).sum(0)
+            self.sy[s] += ys.sum(0, dtype=torch.float64)
+            self.yy[s] += (ys * ys).sum(0, dtype=torch.float64)
         xs = [self.inputs(states, i) for i in range(len(states.layers))]
         for i, x in enumerate(xs):
             for s, m in enumerate(masks):
-                self.sx[i][s] += x[m].sum(0)
+                self.sx[i][s] += x[m].sum(0, dtype=torch.float64)
         # x x^T and x y^T: buffered, added by flush() (see the class docstring)
-        self._pending.append((y, xs, split))
-        self._pending_images += y.shape[0]
-        if self._pending_images >= self.buffer_images:
+        rows = y.shape[0]
+        lo = self._reserve(rows, y, xs)
+        self._rows_y[lo:lo + rows] = y
+        self._rows_split[lo:lo + rows] = split
+        for buffer, x in zip(self._rows_x, xs):
+            buffer[lo:lo + rows] = x
+        self._filled += rows
+        if self._filled >= self._rows_y.shape[0]:
             self.flush()
 
     def stats(self, index: int, split: int, self_only: bool = False) -> RidgeStats:
