@@ -27,6 +27,7 @@ def cpu_commands(threads: list[str], suffix: list[str]) -> list[list[str]]:
         ["bench_naive.py", "--model", "vit_ti16_112", "--images", "4000", "--batch-size", "64", *threads, *suffix],
         ["bench_scaling.py", "--model", "vit_ti16_112", "--images", "512", "--batch-size", "32",
          "--procs", "1x1,1x2,2x1"],
+        ["bench_precision.py", *threads],
     ]
 
 

@@ -92,3 +92,13 @@ def test_gpu_flag_refused_without_gpu(tmp_path):
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="not measured"):
         bench_overhead.main(["--model", "tiny", "--device", "cuda", "--out-dir", str(tmp_path)])
+
+
+def test_run_all_lists_every_benchmark():
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--threads", "1", "--dry-run"],
+                         capture_output=True, text=True, check=True).stdout
+    scripts = sorted(p.name for p in BENCH.glob("bench_*.py") if p.name != "bench_evaluate.py")
+    for script in scripts:
+        assert f"bench/{script}" in out, (script, out)
