@@ -30,7 +30,7 @@ import torch
 from .engine import ALL_METRICS, AnalysisConfig, Analyzer
 from .models import ModelAdapter, load_model
 from .report import METRIC_COLUMNS, PER_HEAD_COLUMNS, PHASE_CURVES
-from .states import LayerStates, TokenLayout, example_keys
+from .states import LayerStates, TokenLayout, all_finite, example_keys
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _residual_pairs(x: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
 
 
 def _finite(t: torch.Tensor, name: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise ValueError(f"{name} contain NaN or inf")
 
 

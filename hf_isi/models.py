@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .states import LayerStates, TokenLayout
+from .states import LayerStates, TokenLayout, all_finite
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class ModelAdapter:
                 "transformer"
             )
         for i, h in enumerate((z0, *hidden)):
-            if not torch.isfinite(h).all():
+            if not all_finite(h):
                 raise ActivationError(
                     f"{self.name}: {'pre-PE embeddings' if i == 0 else f'layer {i - 1}'} contain NaN or inf; "
                     "check the inputs, or run in float32 instead of float16"

@@ -145,3 +145,36 @@ def test_self_only_missing_when_token_count_changes():
     cols = acc.compute()
     assert np.isnan(cols["isi_r2_self"][-1]) and np.isnan(cols["isi"][-1])
     assert np.isfinite(cols["isi_r2_all"][-1])
+
+
+@pytest.mark.parametrize("precision", ["float64", "mixed"])
+def test_blocked_gram_sums_match_numpy(monkeypatch, precision):
+    """Gram sums wide enough to be updated in several symmetric blocks (upper blocks computed, lower ones
+    mirrored) equal numpy's ``x^T x`` / ``x^T y`` on the same projected rows, per split."""
+    from hf_isi.metrics import isi
+
+    monkeypatch.setattr(isi, "_MIN_GRAM_BLOCK", 8)  # P = 9 positions x 4 dims = 36 columns -> 4 blocks
+    states = mixing_states(n_images=90, grid=(3, 3), dim=6, layers=2, seed=11)
+    acc = ReconstructionISIAccumulator(dim=4, seed=3, precision=precision)
+    acc.buffer_images = 40  # flushes at 40, 80 and on reading
+    acc.setup(states)
+    for lo in range(0, 90, 25):
+        acc.update(LayerStates(states.patch_embeddings[lo:lo + 25], tuple(h[lo:lo + 25] for h in states.hidden_states),
+                               states.layout, keys=states.keys[lo:lo + 25]))
+    assert len(isi._block_bounds(acc.xx[0].shape[-1])) == 4
+    reference = ReconstructionISIAccumulator(dim=4, seed=3)  # float64 projections of the same rows
+    reference.setup(states)
+    y = reference.targets(states).numpy()
+    split = states.split.numpy()
+    tol = {"float64": 1e-10, "mixed": 1e-5}[precision]
+    for i in range(len(states.layers)):
+        x = reference.inputs(states, i).numpy()
+        for s in range(3):
+            xs, ys = x[split == s], y[split == s]
+            scale = np.abs(xs).max() ** 2 * len(xs)
+            np.testing.assert_allclose(acc.xx[i][s].numpy(), xs.T @ xs, rtol=0, atol=tol * scale)
+            np.testing.assert_allclose(acc.xy[i][s].numpy(), xs.T @ ys, rtol=0, atol=tol * scale)
+            bounds = isi._block_bounds(x.shape[1])
+            for j, (r0, r1) in enumerate(bounds):  # the lower off-diagonal blocks are exact mirrors
+                for c0, c1 in bounds[j + 1:]:
+                    assert torch.equal(acc.xx[i][s][c0:c1, r0:r1], acc.xx[i][s][r0:r1, c0:c1].T)

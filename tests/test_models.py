@@ -174,3 +174,21 @@ def test_untrained_reference_model_says_how_to_train_it(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="not trained.*train_reference.py --models isi-vit-d4") as err:
         ModelAdapter.from_pretrained("isi-vit-d4")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_matches_numpy(dtype):
+    from hf_isi.states import all_finite
+
+    g = torch.Generator().manual_seed(0)
+    big = torch.finfo(dtype).max / 2  # finite, but any sum of two of them overflows: the exact fallback decides
+    cases = [torch.randn(4, 5, 6, generator=g), torch.full((3, 4), big, dtype=dtype), torch.zeros(0)]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(4, 5, 6, generator=g)
+        t[2, 3, 1] = bad
+        cases.append(t)
+    cases.append(torch.tensor([float("inf"), -float("inf")]))  # a NaN sum from two infinities
+    for t in cases:
+        t = t.to(dtype)
+        assert all_finite(t) == bool(np.isfinite(t.double().numpy()).all())
+    assert all_finite(torch.arange(5))  # integers are always finite

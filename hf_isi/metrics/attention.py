@@ -140,11 +140,14 @@ def layer_statistics(
     checks: list[torch.Tensor] = []
     for lo in range(0, blocks.shape[0], step):
         chunk = blocks[lo : lo + step]
-        a, work = _buffers(scratch, chunk, dtype)
-        a.copy_(chunk)
+        work, spare = _buffer(scratch, chunk, dtype, "work"), _buffer(scratch, chunk, dtype, "spare")
+        # the chunk itself when it is already contiguous in the compute dtype (it is only read), else a copy
+        a = chunk
+        if chunk.dtype != dtype or not chunk.is_contiguous():
+            a = _buffer(scratch, chunk, dtype, "a").copy_(chunk)
         sums = a.sum(dim=-1).to(torch.float64)  # a float32 row sum is exact to ~1e-7 (and 5x faster than dtype=)
         checks.append(torch.stack([(sums - 1).abs().max(), -a.min()]))
-        parts.append(_chunk_statistics(a, work, sums, num_prefix, cls_index, weights))
+        parts.append(_chunk_statistics(a, work, spare, sums, num_prefix, cls_index, weights))
     deviation, negative = torch.stack(checks).amax(dim=0).tolist()
     _raise_unless_softmax(attn, deviation, negative)
     return {k: torch.cat([part[k] for part in parts]).reshape(maps, heads) for k in parts[0]}
@@ -162,18 +165,18 @@ def _padded_distances(distances: torch.Tensor, num_prefix: int, t_q: int, t_k: i
     return out
 
 
-def _buffers(scratch: Scratch | None, chunk: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two ``dtype`` buffers shaped like ``chunk``: from ``scratch`` on CPU when given, else fresh."""
-    shape, device = tuple(chunk.shape), chunk.device
-    if scratch is None or device.type != "cpu":
-        return (torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-    return scratch.empty(shape, "attention_a", dtype), scratch.empty(shape, "attention_work", dtype)
+def _buffer(scratch: Scratch | None, chunk: torch.Tensor, dtype: torch.dtype, key: str) -> torch.Tensor:
+    """A ``dtype`` buffer shaped like ``chunk``: from ``scratch`` on CPU when given, else fresh."""
+    if scratch is None or chunk.device.type != "cpu":
+        return torch.empty(chunk.shape, dtype=dtype, device=chunk.device)
+    return scratch.empty(tuple(chunk.shape), f"attention_{key}", dtype)
 
 
-def _chunk_statistics(a, work, sums, num_prefix, cls_index, weights) -> dict[str, torch.Tensor]:
+def _chunk_statistics(a, work, spare, sums, num_prefix, cls_index, weights) -> dict[str, torch.Tensor]:
     """:func:`layer_statistics` of a chunk of blocks ``a`` ``[n, T_q, T_k]`` (raw rows in the compute dtype,
-    float64 row sums ``sums``), per block; ``work`` is scratch space like ``a``, ``weights`` the padded
-    distances in ``a``'s dtype. Row-level values are float64 (``.to`` is free when ``a`` is float64)."""
+    float64 row sums ``sums``; only read), per block; ``work`` and ``spare`` are scratch space like ``a``,
+    ``weights`` the padded distances in ``a``'s dtype. Row-level values are float64 (``.to`` is free when ``a``
+    is float64)."""
     f64 = torch.float64
     t_k = a.shape[-1]
     sums = sums.clamp_min(_EPS)
@@ -195,11 +198,11 @@ def _chunk_statistics(a, work, sums, num_prefix, cls_index, weights) -> dict[str
         patch_mass = a[:, num_prefix:, num_prefix:].sum(dim=-1).to(f64)
         out["distance"] = (weighted / patch_mass.clamp_min(_EPS)).mean(dim=-1)
     # ACI: the mean patch row m, then the second x ln x pass over the mixtures (p_q + m) / 2, formed for every
-    # row (the prefix rows are discarded) so both buffers stay contiguous; the log goes into `a`, unread after
+    # row (the prefix rows are discarded) so both buffers stay contiguous; the log goes into `spare`
     w = inv[:, num_prefix:].to(a.dtype)
     m = torch.matmul(w.unsqueeze(-2), a[:, num_prefix:]).squeeze(-2) / w.shape[-1]
     torch.addcmul((0.5 * m).unsqueeze(-2), a, (0.5 * inv).to(a.dtype).unsqueeze(-1), out=work)
-    mlogm = _sum_xlogx(work, a).to(f64)[:, num_prefix:]
+    mlogm = _sum_xlogx(work, spare).to(f64)[:, num_prefix:]
     jsd = (0.5 * (plogp[:, num_prefix:] + _sum_xlogx(m).to(f64).unsqueeze(-1)) - mlogm) / _LN2
     out["aci"] = 1.0 - jsd.mean(dim=-1)
     return out
