@@ -131,7 +131,7 @@ class ReconstructionISIAccumulator(Accumulator):
         split = self._rows_split[:filled]
         order = torch.argsort(split, stable=True)
         ends = torch.cumsum(torch.bincount(split, minlength=len(SPLITS)), 0).tolist()
-        ranges = [(lo, hi) for lo, hi in zip([0] + ends[:-1], ends)]
+        ranges = list(zip([0, *ends[:-1]], ends))
         y = self._rows_y[:filled].index_select(0, order)
         for i in range(len(self._xx)):
             x = self._rows_x[i][:filled].index_select(0, order)
