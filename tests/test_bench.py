@@ -62,6 +62,19 @@ def test_naive(tmp_path):
     assert all(float(r["peak_rss_mb"]) > 0 and float(r["speedup_vs_naive"]) > 0 for r in rows)
 
 
+def test_naive_preallocated_equals_concatenated(tmp_path):
+    """The frugal collection (one preallocated array) gathers the same hidden states as the list + concatenate."""
+    import bench_naive
+
+    common = ["--model", "tiny", "--images", "50", "--batch-size", "20", "--num-classes", "3",
+              "--approaches", "naive"]
+    concat = bench_naive.main(common + ["--out-dir", str(tmp_path / "c")])[0]
+    prealloc = bench_naive.main(common + ["--collect", "preallocated", "--out-dir", str(tmp_path / "p")])[0]
+    assert prealloc["collected_mb"] == concat["collected_mb"] > 0
+    assert prealloc["probe_cls_acc"] == concat["probe_cls_acc"]
+    assert prealloc["probe_mean_acc"] == concat["probe_mean_acc"]
+
+
 def test_precision(tmp_path):
     import bench_precision
 
