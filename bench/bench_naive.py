@@ -21,9 +21,13 @@ generated batch by batch:
 (collection + fitting for the naive ways, accumulate + report for hf_isi), measured by timing the forward
 calls separately inside each run. ``peak_rss_mb`` is the process's peak; ``extra_rss_mb`` is that peak minus
 the resident size once the libraries and the model are loaded (the part that depends on the approach).
+With ``--repeats R`` the approaches run R times, interleaved, and every timing and memory field is the median
+of its repeats (``times_s`` keeps each run's ``seconds``): on a shared machine the same forward pass has been
+measured anywhere from 247 s to 323 s (ViT-S/16 @ 224, 4k images), so single runs do not rank approaches.
 
     python bench/bench_naive.py                                         # CPU: ViT-Ti/16 @112, 4k images
-    python bench/bench_naive.py --model vit_s16_224 --collect preallocated  # the issue's CPU shape (16 GB)
+    python bench/bench_naive.py --model vit_s16_224 --collect preallocated \
+        --approaches naive,hf_isi-probes --repeats 3                    # the issue's CPU shape (16 GB)
 """
 
 from __future__ import annotations
@@ -137,6 +141,24 @@ def run_hf_isi(args, metrics: list[str] | None) -> dict:
     return out
 
 
+MEDIAN_FIELDS = ("seconds", "forward_s", "analysis_s", "peak_rss_mb", "extra_rss_mb", "base_rss_mb")
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One row for an approach's repeats: the median of each timing and memory field (each field on its own),
+    every repeat's ``seconds`` kept in ``times_s``; the rest (accuracies, sizes) from the first repeat."""
+    import numpy as np
+
+    row = dict(runs[0])
+    for key in MEDIAN_FIELDS:
+        if runs[0].get(key) is not None:
+            row[key] = float(np.median([r[key] for r in runs]))
+    row["times_s"] = [round(r["seconds"], 2) for r in runs]
+    row["repeats"] = len(runs)
+    row["loadavg"] = "; ".join(r["loadavg"] for r in runs)
+    return row
+
+
 def worker(args) -> dict:
     common.apply_threads(args.threads)
     if args.approach == "naive":
@@ -159,6 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--worker", action="store_true")
     p.add_argument("--approach", default="naive")
     p.add_argument("--count", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats per approach; medians are kept")
     p.add_argument("--collect", choices=("concatenate", "preallocated"), default="concatenate",
                    help="how the naive ways gather hidden states: a list then np.concatenate (what people do), "
                         "or one preallocated array (no second copy)")
@@ -168,24 +191,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return []
 
-    meta = {"bench": "naive", "collect": args.collect, "model": args.model, "device": args.device, "dtype": args.dtype, "images": args.images,
-            "batch_size": args.batch_size, "num_classes": args.num_classes, **common.environment(args.device)}
+    meta = {"bench": "naive", "collect": args.collect, "repeats": args.repeats, "model": args.model,
+            "device": args.device, "dtype": args.dtype, "images": args.images, "batch_size": args.batch_size, "num_classes": args.num_classes, **common.environment(args.device)}
     print(f"# naive vs hf_isi: {args.model} {args.dtype}, {args.images} images, batch {args.batch_size} on "
           f"{meta['host_cpu']}; load {common.loadavg()}")
-    rows: list[dict] = []
-    for approach in [a for a in args.approaches.split(",") if a]:
-        cmd = [sys.executable, __file__, "--worker", "--approach", approach, "--count", str(args.images),
-               "--model", args.model, "--device", args.device, "--dtype", args.dtype,
-               "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
-               "--collect", args.collect]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        load_before = common.loadavg()
-        row = {"approach": approach, **common.run_worker(cmd, approach),
-               "loadavg": f"{load_before} -> {common.loadavg()}"}
+    approaches = [a for a in args.approaches.split(",") if a]
+    runs: dict[str, list[dict]] = {a: [] for a in approaches}
+    for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every approach alike
+        for approach in approaches:
+            cmd = [sys.executable, __file__, "--worker", "--approach", approach, "--count", str(args.images),
+                   "--model", args.model, "--device", args.device, "--dtype", args.dtype,
+                   "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
+                   "--collect", args.collect]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            load_before = common.loadavg()
+            runs[approach].append({**common.run_worker(cmd, approach),
+                                   "loadavg": f"{load_before} -> {common.loadavg()}"})
+    rows = [{"approach": approach, **median_run(done)} for approach, done in runs.items()]
+    for row in rows:
         accs = [a for a in (row.get("probe_mean_acc") or []) if a is not None]
         row["best_probe_mean_acc"] = max(accs) if accs else None
-        rows.append(row)
     naive = next((r for r in rows if r["approach"] == "naive"), None)
     for row in rows:
         if naive is not None:

@@ -25,6 +25,8 @@ def cpu_commands(threads: list[str], suffix: list[str]) -> list[list[str]]:
         ["bench_memory.py", "--model", "vit_ti16_112", "--counts", "1000,4000,16000", "--batch-size", "64",
          *threads, *suffix],
         ["bench_naive.py", "--model", "vit_ti16_112", "--images", "4000", "--batch-size", "64", *threads, *suffix],
+        ["bench_naive.py", "--model", "vit_s16_224", "--images", "4000", "--batch-size", "64", "--collect",
+         "preallocated", "--approaches", "naive,hf_isi-probes", "--repeats", "3", *threads, *suffix],
         ["bench_scaling.py", "--model", "vit_ti16_112", "--images", "512", "--batch-size", "32",
          "--procs", "1x1,1x2,2x1"],
         ["bench_precision.py", *threads],

@@ -68,11 +68,23 @@ def test_naive_preallocated_equals_concatenated(tmp_path):
 
     common = ["--model", "tiny", "--images", "50", "--batch-size", "20", "--num-classes", "3",
               "--approaches", "naive"]
-    concat = bench_naive.main(common + ["--out-dir", str(tmp_path / "c")])[0]
+    concat = bench_naive.main(common + ["--repeats", "2", "--out-dir", str(tmp_path / "c")])[0]
+    assert concat["repeats"] == 2 and len(concat["times_s"]) == 2
     prealloc = bench_naive.main(common + ["--collect", "preallocated", "--out-dir", str(tmp_path / "p")])[0]
     assert prealloc["collected_mb"] == concat["collected_mb"] > 0
     assert prealloc["probe_cls_acc"] == concat["probe_cls_acc"]
     assert prealloc["probe_mean_acc"] == concat["probe_mean_acc"]
+
+
+def test_naive_median_run():
+    import bench_naive
+
+    runs = [{"seconds": s, "forward_s": f, "analysis_s": s - f, "peak_rss_mb": m, "extra_rss_mb": m - 100,
+             "base_rss_mb": 100.0, "probe_cls_acc": [i], "loadavg": "x"}
+            for i, (s, f, m) in enumerate([(30.0, 20.0, 900.0), (10.0, 9.0, 700.0), (20.0, 12.0, 800.0)])]
+    row = bench_naive.median_run(runs)
+    assert (row["seconds"], row["forward_s"], row["analysis_s"], row["peak_rss_mb"]) == (20.0, 12.0, 8.0, 800.0)
+    assert row["times_s"] == [30.0, 10.0, 20.0] and row["repeats"] == 3 and row["probe_cls_acc"] == [0]
 
 
 def test_precision(tmp_path):
