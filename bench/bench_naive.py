@@ -154,6 +154,7 @@ def median_run(runs: list[dict]) -> dict:
         if runs[0].get(key) is not None:
             row[key] = float(np.median([r[key] for r in runs]))
     row["times_s"] = [round(r["seconds"], 2) for r in runs]
+    row["peaks_mb"] = [round(r["peak_rss_mb"], 1) for r in runs]
     row["repeats"] = len(runs)
     row["loadavg"] = "; ".join(r["loadavg"] for r in runs)
     return row

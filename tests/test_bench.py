@@ -84,7 +84,7 @@ def test_naive_median_run():
             for i, (s, f, m) in enumerate([(30.0, 20.0, 900.0), (10.0, 9.0, 700.0), (20.0, 12.0, 800.0)])]
     row = bench_naive.median_run(runs)
     assert (row["seconds"], row["forward_s"], row["analysis_s"], row["peak_rss_mb"]) == (20.0, 12.0, 8.0, 800.0)
-    assert row["times_s"] == [30.0, 10.0, 20.0] and row["repeats"] == 3 and row["probe_cls_acc"] == [0]
+    assert row["times_s"] == [30.0, 10.0, 20.0] and row["peaks_mb"] == [900.0, 700.0, 800.0] and row["repeats"] == 3 and row["probe_cls_acc"] == [0]
 
 
 def test_precision(tmp_path):
