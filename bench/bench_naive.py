@@ -23,7 +23,8 @@ calls separately inside each run. ``peak_rss_mb`` is the process's peak; ``extra
 the resident size once the libraries and the model are loaded (the part that depends on the approach).
 With ``--repeats R`` the approaches run R times, interleaved, and every timing and memory field is the median
 of its repeats (``times_s`` keeps each run's ``seconds``): on a shared machine the same forward pass has been
-measured anywhere from 247 s to 323 s (ViT-S/16 @ 224, 4k images), so single runs do not rank approaches.
+measured anywhere from 247 s to 323 s (ViT-S/16 @ 224, 4k images, 2 threads; single batches from 3.6 s to
+6.5 s), so single runs do not rank approaches.
 
     python bench/bench_naive.py                                         # CPU: ViT-Ti/16 @112, 4k images
     python bench/bench_naive.py --model vit_s16_224 --collect preallocated \
@@ -74,7 +75,8 @@ def run_naive(args, pooled_only: bool) -> dict:
     timed, forward_s = _forward_timer()
     forward = timed(model.__call__)
     start = time.perf_counter()
-    chunks, labels, keys, filled = [], [], [], 0
+    chunks, labels, keys = [], [], []
+    hidden, filled = None, 0  # --collect preallocated: one array, filled in place
     with torch.inference_mode():
         for px, y, ids in common.synthetic_stream(args.count, args.batch_size, size, args.num_classes,
                                                   device=args.device):
@@ -83,15 +85,16 @@ def run_naive(args, pooled_only: bool) -> dict:
             if pooled_only:
                 hs = torch.stack([hs[:, :, 0], hs[:, :, 1:].mean(dim=2)], dim=2)  # [B, L+1, 2, D]
             if args.collect == "preallocated":
-                if not chunks:
-                    chunks.append(np.empty((args.count, *hs.shape[1:]), dtype=np.float32))
-                chunks[0][filled:filled + len(hs)] = hs.cpu().numpy()
+                if hidden is None:
+                    hidden = np.empty((args.count, *hs.shape[1:]), dtype=np.float32)
+                hidden[filled:filled + len(hs)] = hs.cpu().numpy()
                 filled += len(hs)
             else:
                 chunks.append(hs.cpu().numpy())
             labels.append(y.numpy())
             keys.append(example_keys(ids))
-    hidden = chunks[0] if args.collect == "preallocated" else np.concatenate(chunks)
+    if hidden is None:
+        hidden = np.concatenate(chunks)
     del chunks
     collected_mb = hidden.nbytes / 2**20
     y = np.concatenate(labels)
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
 
     meta = {"bench": "naive", "collect": args.collect, "repeats": args.repeats, "model": args.model,
-            "device": args.device, "dtype": args.dtype, "images": args.images, "batch_size": args.batch_size, "num_classes": args.num_classes, **common.environment(args.device)}
+            "device": args.device, "dtype": args.dtype, "images": args.images, "batch_size": args.batch_size,
+            "num_classes": args.num_classes, **common.environment(args.device)}
     print(f"# naive vs hf_isi: {args.model} {args.dtype}, {args.images} images, batch {args.batch_size} on "
           f"{meta['host_cpu']}; load {common.loadavg()}")
     approaches = [a for a in args.approaches.split(",") if a]
