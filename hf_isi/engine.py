@@ -188,16 +188,22 @@ class Analyzer:
         columns: dict[str, Any] = {}
         scalars: dict[str, Any] = {}
         per_head: dict[str, Any] = {}
-        for acc in self.accumulators.values():
+        seconds_by_metric: dict[str, float] = {}
+        for name, acc in self.accumulators.items():
+            began = time.perf_counter()
             columns.update(acc.compute())
             scalars.update(acc.scalars())
             if isinstance(acc, AttentionAccumulator):
                 per_head.update(acc.per_head())
+            # finalising is not always cheap (the ISI's eigendecompositions: minutes on CPU at isi_dim=16)
+            seconds_by_metric[name] = round(time.perf_counter() - began, 3)
+            logger.info("%s: %s finalised in %.1f s", self.adapter.name, name, seconds_by_metric[name])
         num_layers = next(a.num_layers for a in self.accumulators.values()) if self.accumulators else 0
         info = {**self.adapter.provenance(), **_library_versions(), "metrics": list(self.config.metrics),
                 "config": asdict(self.config), "num_classes": self.num_classes,
                 "seconds_forward_and_accumulate": round(self.seconds, 3),
-                "seconds_finalise": round(time.perf_counter() - start, 3), **provenance}
+                "seconds_finalise": round(time.perf_counter() - start, 3),
+                "seconds_finalise_by_metric": seconds_by_metric, **provenance}
         return Report.from_columns(self.adapter.name, columns, num_layers=num_layers,
                                    num_images=int(self.num_images.item()), scalars=scalars, provenance=info,
                                    per_head=per_head, phase_curve=self.config.phase_curve)

@@ -84,6 +84,10 @@ def test_report_table_dataset_and_files(tmp_path):
     assert summary["provenance"]["torch_version"] == torch.__version__.split("+")[0] or summary["provenance"][
         "torch_version"].startswith(torch.__version__.split("+")[0])
     assert summary["provenance"]["num_classes"] == 3
+    # the finalising time of every accumulator (probes and collapse share one), adding up to at most the whole
+    by_metric = summary["provenance"]["seconds_finalise_by_metric"]
+    assert set(by_metric) == {"similarity", "isi", "attention", "probes", "pe"} and min(by_metric.values()) >= 0
+    assert sum(by_metric.values()) <= summary["provenance"]["seconds_finalise"] + 1e-2
 
 
 def test_bad_inputs_are_clear_errors():
