@@ -29,6 +29,7 @@ measured anywhere from 247 s to 323 s (ViT-S/16 @ 224, 4k images, 2 threads; sin
     python bench/bench_naive.py                                         # CPU: ViT-Ti/16 @112, 4k images
     python bench/bench_naive.py --model vit_s16_224 --collect preallocated \
         --approaches naive,hf_isi-probes --repeats 3                    # the issue's CPU shape (16 GB)
+    ... --attn sdpa --suffix sdpa                                       # transformers' default attention
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def run_naive(args, pooled_only: bool) -> dict:
 
     from hf_isi.states import TEST, example_keys, split_of
 
-    model = common.build_model(args.model, args.device, args.dtype, attn="eager")
+    model = common.build_model(args.model, args.device, args.dtype, attn=args.attn)
     LogisticRegression(max_iter=10).fit(np.eye(4), np.arange(4) % 2)  # load sklearn's lazy parts untimed
     base_mb = common.current_rss_mb()
     size = common.image_size(args.model)
@@ -118,7 +119,7 @@ def run_naive(args, pooled_only: bool) -> dict:
 def run_hf_isi(args, metrics: list[str] | None) -> dict:
     from hf_isi import AnalysisConfig, Analyzer, ModelAdapter
 
-    model = common.build_model(args.model, args.device, args.dtype, attn="eager")
+    model = common.build_model(args.model, args.device, args.dtype, attn=args.attn)
     base_mb = common.current_rss_mb()
     size = common.image_size(args.model)
     config = AnalysisConfig() if metrics is None else AnalysisConfig(metrics=metrics)
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--worker", action="store_true")
     p.add_argument("--approach", default="naive")
     p.add_argument("--count", type=int, default=0)
+    p.add_argument("--attn", choices=("eager", "sdpa"), default="eager",
+                   help="attention implementation for every approach (hf_isi-full switches to eager itself)")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats per approach; medians are kept")
     p.add_argument("--collect", choices=("concatenate", "preallocated"), default="concatenate",
                    help="how the naive ways gather hidden states: a list then np.concatenate (what people do), "
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return []
 
-    meta = {"bench": "naive", "collect": args.collect, "repeats": args.repeats, "model": args.model,
+    meta = {"bench": "naive", "attn": args.attn, "collect": args.collect, "repeats": args.repeats, "model": args.model,
             "device": args.device, "dtype": args.dtype, "images": args.images, "batch_size": args.batch_size,
             "num_classes": args.num_classes, **common.environment(args.device)}
     print(f"# naive vs hf_isi: {args.model} {args.dtype}, {args.images} images, batch {args.batch_size} on "
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cmd = [sys.executable, __file__, "--worker", "--approach", approach, "--count", str(args.images),
                    "--model", args.model, "--device", args.device, "--dtype", args.dtype,
                    "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
-                   "--collect", args.collect]
+                   "--collect", args.collect, "--attn", args.attn]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             load_before = common.loadavg()

@@ -55,8 +55,9 @@ def test_memory(tmp_path):
 def test_naive(tmp_path):
     import bench_naive
 
+    # sdpa, transformers' default: hf_isi-full must switch the model to eager for its attention metrics
     bench_naive.main(["--model", "tiny", "--images", "40", "--batch-size", "20", "--num-classes", "3",
-                      "--out-dir", str(tmp_path)])
+                      "--attn", "sdpa", "--out-dir", str(tmp_path)])
     rows = check_outputs(tmp_path, "naive-cpu-fp32-tiny")
     assert [r["approach"] for r in rows] == ["naive", "naive-pooled", "hf_isi-probes", "hf_isi-full"]
     assert all(float(r["peak_rss_mb"]) > 0 and float(r["speedup_vs_naive"]) > 0 for r in rows)
