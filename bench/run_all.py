@@ -19,14 +19,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def cpu_commands(threads: list[str], suffix: list[str]) -> list[list[str]]:
+    # the naive comparison at the issue's CPU shape, with eager attention and with transformers' default (sdpa)
+    naive_s16 = ["bench_naive.py", "--model", "vit_s16_224", "--images", "4000", "--batch-size", "64", "--collect",
+                 "preallocated", "--approaches", "naive,hf_isi-probes", "--repeats", "3", *threads]
     return [
         ["bench_overhead.py", "--model", "vit_s16_224", "--images", "256", "--batch-size", "16", "--repeats", "3",
          "--isi-dims", "8,4", *threads, *suffix],
         ["bench_memory.py", "--model", "vit_ti16_112", "--counts", "1000,4000,16000", "--batch-size", "64",
          *threads, *suffix],
         ["bench_naive.py", "--model", "vit_ti16_112", "--images", "4000", "--batch-size", "64", *threads, *suffix],
-        ["bench_naive.py", "--model", "vit_s16_224", "--images", "4000", "--batch-size", "64", "--collect",
-         "preallocated", "--approaches", "naive,hf_isi-probes", "--repeats", "3", *threads, *suffix],
+        [*naive_s16, "--attn", "eager", *suffix],
+        [*naive_s16, "--attn", "sdpa", "--suffix", "-".join([*suffix[1:], "sdpa"])],
         ["bench_scaling.py", "--model", "vit_ti16_112", "--images", "512", "--batch-size", "32",
          "--procs", "1x1,1x2,2x1"],
         ["bench_precision.py", *threads],
