@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -151,12 +152,10 @@ MEDIAN_FIELDS = ("seconds", "forward_s", "analysis_s", "peak_rss_mb", "extra_rss
 def median_run(runs: list[dict]) -> dict:
     """One row for an approach's repeats: the median of each timing and memory field (each field on its own),
     every repeat's ``seconds`` kept in ``times_s``; the rest (accuracies, sizes) from the first repeat."""
-    import numpy as np
-
     row = dict(runs[0])
     for key in MEDIAN_FIELDS:
         if runs[0].get(key) is not None:
-            row[key] = float(np.median([r[key] for r in runs]))
+            row[key] = float(statistics.median(r[key] for r in runs))
     row["times_s"] = [round(r["seconds"], 2) for r in runs]
     row["peaks_mb"] = [round(r["peak_rss_mb"], 1) for r in runs]
     row["repeats"] = len(runs)
@@ -203,16 +202,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "num_classes": args.num_classes, **common.environment(args.device)}
     print(f"# naive vs hf_isi: {args.model} {args.dtype}, {args.images} images, batch {args.batch_size} on "
           f"{meta['host_cpu']}; load {common.loadavg()}")
-    approaches = [a for a in args.approaches.split(",") if a]
-    runs: dict[str, list[dict]] = {a: [] for a in approaches}
+    commands = {}
+    for approach in [a for a in args.approaches.split(",") if a]:
+        commands[approach] = [sys.executable, __file__, "--worker", "--approach", approach, "--count", str(args.images),
+                              "--model", args.model, "--device", args.device, "--dtype", args.dtype,
+                              "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
+                              "--collect", args.collect, "--attn", args.attn,
+                              *(["--threads", str(args.threads)] if args.threads else [])]
+    runs: dict[str, list[dict]] = {a: [] for a in commands}
     for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every approach alike
-        for approach in approaches:
-            cmd = [sys.executable, __file__, "--worker", "--approach", approach, "--count", str(args.images),
-                   "--model", args.model, "--device", args.device, "--dtype", args.dtype,
-                   "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
-                   "--collect", args.collect, "--attn", args.attn]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
+        for approach, cmd in commands.items():
             load_before = common.loadavg()
             runs[approach].append({**common.run_worker(cmd, approach),
                                    "loadavg": f"{load_before} -> {common.loadavg()}"})
