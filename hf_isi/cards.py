@@ -11,12 +11,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+from typing import TYPE_CHECKING, Any
 
 from .phases import PhaseFit
 from .report import Report
+
+if TYPE_CHECKING:  # imported where used: huggingface_hub's card classes load its whole Hub client
+    from huggingface_hub import DatasetCard, ModelCard
 
 DATASET: dict[str, Any] = {"dataset_type": "sklearn/digits", "dataset_name": "scikit-learn digits (load_digits)"}
 
@@ -111,6 +112,8 @@ def headline_results(report: Report) -> dict[str, float]:
 def reference_model_card(name: str, training: Mapping[str, Any], report: Report | None = None,
                          description: str = "") -> ModelCard:
     """The card of a reference model from its ``training_results.json`` and (optionally) an analysis report."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
     evals = [EvalResult(task_type="image-classification", metric_type="accuracy", metric_name="top-1 accuracy",
                         metric_value=float(training["test_accuracy"]), dataset_split="test", **DATASET)]
     headline = headline_results(report) if report is not None else {}
@@ -187,6 +190,8 @@ def results_card(summary: Mapping[str, Any], configs: Sequence[Mapping[str, Any]
         repo_id: the repo the card is for (the usage example says "<this repo or folder>" without one).
         footer: a closing sentence (who wrote the card).
     """
+    from huggingface_hub import DatasetCard, DatasetCardData
+
     config_of = dict(config_of or {})
     models: Mapping[str, Any] = summary.get("models", {})
     num_rows = sum(rows for rows, _ in counts.values())

@@ -11,10 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
-from huggingface_hub.utils import filter_repo_objects
-from huggingface_hub.utils.sha import sha_fileobj
-
 DEFAULT_DATASET_NAME = "hf-isi-results"
 #: the metric Space must be called like its module file: ``evaluate.load("<ns>/isi")`` fetches ``isi.py``
 METRIC_SPACE_NAME = "isi"
@@ -120,6 +116,9 @@ class HubFolder:
     def files(self) -> list[tuple[str, int]]:
         """``(relative path, size in bytes)`` of every file ``HfApi.upload_folder`` will send, sorted (the
         same ignore patterns, applied by huggingface_hub's own ``filter_repo_objects``)."""
+        from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
+        from huggingface_hub.utils import filter_repo_objects
+
         every = sorted(p.relative_to(self.path).as_posix() for p in self.path.glob("**/*") if p.is_file())
         kept = filter_repo_objects(every, ignore_patterns=UPLOAD_IGNORE_PATTERNS + list(DEFAULT_IGNORE_PATTERNS))
         return [(rel, (self.path / rel).stat().st_size) for rel in kept]
@@ -204,6 +203,8 @@ def list_files(root: Path) -> list[str]:
 
 def sha256_file(path: Path) -> str:
     """The sha256 of a file, read in chunks (huggingface_hub's ``sha_fileobj``, as its uploads hash files)."""
+    from huggingface_hub.utils.sha import sha_fileobj
+
     with open(path, "rb") as fh:
         return sha_fileobj(fh).hex()
 
