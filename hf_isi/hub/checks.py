@@ -134,6 +134,15 @@ def check_package_copy(folder: HubFolder) -> None:
                              f"{', '.join(models) or 'none'})")
 
 
+def check_space(folder: HubFolder, check: str, must_list: Sequence[str] = ()) -> dict[str, Any] | None:
+    """What both Spaces need: the Space card, requirements.txt (listing ``must_list``) and the package copy,
+    then, when those passed, the import check ``check`` of :mod:`hf_isi.hub._isolation` (its result)."""
+    check_space_card(folder)
+    check_requirements(folder, must_list)
+    check_package_copy(folder)
+    return None if folder.errors else run_isolated(folder, check)
+
+
 def run_isolated(folder: HubFolder, check: str) -> dict[str, Any] | None:
     """Run ``python -m hf_isi.hub._isolation <check>`` in a fresh Python, cwd = the folder, offline, with
     throw-away caches and no token; its result, or ``None`` with the reason in ``folder.errors``."""

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .checks import check_package_copy, check_requirements, check_space_card, run_isolated
+from .checks import check_space
 from .folders import (
     DEFAULT_SPACE_NAME,
     HubFolder,
@@ -58,14 +58,9 @@ def validate_demo_space(folder: HubFolder) -> None:
     """The demo Space: its card parses (sdk gradio at the installed gradio version, app_file present),
     requirements.txt is there, and ``app.py`` imports in a fresh Python run from the built folder that cannot
     see the checkout or an installed hf_isi (so it must find the copied ``hf_isi/``)."""
-    check_space_card(folder)
-    check_requirements(folder)
-    check_package_copy(folder)
     if not any((folder.path / "examples").glob("*")):
         folder.warnings.append("no examples/ in the Space")
-    if folder.errors:
-        return
-    out = run_isolated(folder, "space")
+    out = check_space(folder, "space")
     if out is not None:
         folder.checks.append(f"app.py imports in a fresh Python run from the folder, without the checkout on "
                              f"sys.path (hf_isi from {out['hf_isi']}; Blocks: {out['blocks']}; built-in models: "

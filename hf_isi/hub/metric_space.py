@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checks import check_package_copy, check_requirements, check_space_card, run_isolated
+from .checks import check_space
 from .folders import (
     METRIC_SPACE_NAME,
     HubFolder,
@@ -87,15 +87,10 @@ def validate_metric_space(folder: HubFolder) -> None:
     """The metric Space: its card parses as a Gradio Space, and in a fresh Python that sees only the folder
     (its own ``hf_isi/`` copy, not the checkout or an installed hf_isi) ``app.py`` imports without launching
     and ``evaluate.load(folder)`` loads the module by path, offline, and computes on random inputs."""
-    check_space_card(folder)
-    check_requirements(folder, must_list=("evaluate",))
     if folder.path.name != "isi" or not (folder.path / "isi.py").is_file():
         folder.errors.append("the metric folder must be called isi and hold isi.py (evaluate.load(<folder>) "
                              "loads <folder>/<folder name>.py)")
-    check_package_copy(folder)
-    if folder.errors:
-        return
-    out = run_isolated(folder, "metric")
+    out = check_space(folder, "metric", must_list=("evaluate",))
     if out is not None:
         folder.checks.append(f"app.py imports in a fresh Python with only the folder on sys.path (hf_isi from "
                              f"{out['hf_isi']}; Blocks: {out['blocks']})")
