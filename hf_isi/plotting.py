@@ -1,20 +1,22 @@
 """Matplotlib figures of reports: per-model curves with the phase bands shaded, and model comparisons over
-absolute and relative depth. Every function returns a ``Figure`` (callers save or close it)."""
+absolute and relative depth.
+
+Every function returns a plain ``matplotlib.figure.Figure`` drawn on an Agg canvas: no pyplot, so importing
+hf_isi never changes the backend of a notebook, figures are not kept in pyplot's global registry (nothing to
+close), and drawing is safe from several threads. ``fig.savefig(...)`` writes it; notebooks display it as is.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: scripts, CI and the Space have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .phases import PhaseFit  # noqa: E402
-from .report import Report  # noqa: E402
+from .phases import PhaseFit
+from .report import Report
 
 PHASE_COLORS = {"cliff": "#d62728", "plateau": "#7f7f7f", "climb": "#2ca02c"}
 #: the panels of :func:`plot_report`: (title, columns drawn in it)
@@ -26,6 +28,13 @@ DEFAULT_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Attention graph", ("aci", "ccc", "attn_entropy")),
     ("Neural collapse NC1", ("nc1_cls", "nc1_mean")),
 )
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A ``Figure`` with its own Agg canvas (what ``plt.figure`` gives, without pyplot's global state)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def layer_label(layer: int) -> str:
@@ -58,7 +67,8 @@ def plot_report(report: Report, panels: Sequence[tuple[str, Sequence[str]]] = DE
     fit = report.phases.get(report.provenance.get("phase_curve", "centered_similarity"))
     cols = 3
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.1 * rows), squeeze=False)
+    fig = new_figure((4.2 * cols, 3.1 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     layers = report.table["layer"].tolist()
     for ax, (name, columns) in zip(axes.flat, panels):
         shade_phases(ax, fit)
@@ -85,7 +95,8 @@ def plot_report(report: Report, panels: Sequence[tuple[str, Sequence[str]]] = DE
 def plot_comparison(reports: Sequence[Report], metric: str = "centered_similarity") -> Figure:
     """``metric`` of several models over absolute depth (layers) and relative depth (layer / L), with each
     model's phase boundaries marked (dashed: plateau start, dotted: climb start)."""
-    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = new_figure((11, 3.8))
+    ax_abs, ax_rel = fig.subplots(1, 2)
     for report in reports:
         layers = report.table["layer"].to_numpy()
         values = report.table[metric].to_numpy(dtype=float)

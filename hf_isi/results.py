@@ -20,18 +20,32 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
+from .cards import CardSource, relative_paths, results_card
 from .phases import align_phases, align_tradeoffs
 from .report import Report, json_safe, results_features
+from .utils import write_atomically
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESULTS_DIR", "RESULTS_SPLIT", "COMPARISON_METRICS", "write_results", "load_results", "build_summary",
-           "plot_filename"]
+__all__ = [
+    "COMPARISON_METRICS",
+    "RESULTS_DIR",
+    "RESULTS_SPLIT",
+    "build_summary",
+    "load_results",
+    "model_counts",
+    "plot_filename",
+    "publishable_summary",
+    "write_plots",
+    "write_results",
+    "write_summary",
+]
 
 RESULTS_DIR = "results"
 #: the split name the card's ``configs`` give the results table (``load_dataset(dir)["train"]``)
@@ -39,8 +53,6 @@ RESULTS_SPLIT = "train"
 #: metrics drawn in ``plots/comparison_<metric>.png`` (when any model has a finite value)
 COMPARISON_METRICS: tuple[str, ...] = ("centered_similarity", "isi", "isi_attention", "probe_cls_acc",
                                        "probe_mean_acc")
-#: cap on the skipped-image ids the card lists (summary.json keeps what the run recorded)
-_CARD_MAX_IDS = 20
 
 
 def plot_filename(model: str) -> str:
@@ -67,8 +79,25 @@ def build_summary(reports: Sequence[Report], run: Mapping[str, Any] | None = Non
     }
 
 
+def publishable_summary(summary: Mapping[str, Any], base: str | os.PathLike) -> dict[str, Any]:
+    """``summary`` with the local paths of its ``run`` block and of each model's provenance rewritten by
+    :func:`hf_isi.cards.relative_paths` (relative to ``base``, the results folder, or starting with ``~``), so
+    that no absolute path of the machine is published. Model names are kept: they key the table's rows."""
+    keep = list(summary.get("models", {}))
+    out = dict(summary)
+    out["run"] = relative_paths(summary.get("run", {}), base, keep)
+    out["models"] = {name: {**info, "provenance": relative_paths(info.get("provenance", {}), base, keep)}
+                     for name, info in summary.get("models", {}).items()}
+    return out
+
+
+def write_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``summary.json``: strict JSON (no NaN), written atomically."""
+    write_atomically(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
 def write_results(reports: Sequence[Report], output_dir: str | os.PathLike, *, run: Mapping[str, Any] | None = None,
-                  plots: bool = True, verify: bool = True) -> Path:
+                  plots: bool = True, verify: bool = True, relative_to: str | os.PathLike | None = None) -> Path:
     """Write the results folder of ``reports`` into ``output_dir`` (created if needed) and return its path.
 
     Args:
@@ -76,22 +105,56 @@ def write_results(reports: Sequence[Report], output_dir: str | os.PathLike, *, r
         run: run-level provenance for ``summary.json`` (command line, processes, wall time, dataset, ...).
         plots: draw ``plots/``.
         verify: load the folder back with ``datasets.load_dataset`` (in a throw-away cache) and check it.
+        relative_to: the folder the provenance's paths are written relative to (default ``output_dir``; a
+            script that writes into a staging folder and renames it passes the final folder). See
+            :func:`publishable_summary`: ``summary.json`` and ``README.md`` hold no absolute local path.
     """
     names = [r.model for r in reports]
     if not reports or len(set(names)) != len(names):
         raise ValueError(f"write_results needs reports of distinct models, got {names}")
     out = Path(output_dir)
     (out / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
-    summary = json_safe(build_summary(reports, run))
+    summary = publishable_summary(json_safe(build_summary(reports, run)), relative_to or out)
 
     table = _results_table(reports)
     table.to_parquet(str(out / RESULTS_DIR / "data.parquet"))
-    _card(reports, summary).save(out / "README.md")
+    card = results_card(summary, [{"config_name": "default", "default": True,
+                                   "data_files": [{"split": RESULTS_SPLIT, "path": f"{RESULTS_DIR}/*.parquet"}]}],
+                        model_counts(table.data.table), sources=[CardSource(summary["run"])],
+                        footer=f"Written by hf_isi {_version()} (`hf_isi.results.write_results`).")
+    write_atomically(out / "README.md", str(card))
     if plots:
-        _plots(reports, out / "plots")
+        write_plots(reports, out / "plots")
     if verify:
         _verify(out, len(table), table.column_names)
-    _write_atomically(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_summary(summary, out / "summary.json")
+    return out
+
+
+def write_plots(reports: Sequence[Report], folder: str | os.PathLike, *, per_model: bool = True) -> list[Path]:
+    """``plots/``: each model's curves (``<model>.png``, with ``per_model``) and, for every metric of
+    :data:`COMPARISON_METRICS` that some model has, ``comparison_<metric>.png``. Returns the files written."""
+    from .plotting import plot_comparison, plot_report
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = [(plot_filename(r.model), lambda r=r: plot_report(r)) for r in reports] if per_model else []
+    figures += [(f"comparison_{metric}.png", lambda metric=metric: plot_comparison(reports, metric))
+                for metric in COMPARISON_METRICS if any(r.table[metric].notna().any() for r in reports)]
+    written = []
+    for name, draw in figures:
+        draw().savefig(folder / name, dpi=110)  # a plain Figure: nothing to close, no pyplot state
+        written.append(folder / name)
+    return written
+
+
+def model_counts(table: Any) -> dict[str, tuple[int, int | None]]:
+    """``{model: (rows, images)}`` of a results table (a ``pyarrow.Table``), in the table's model order."""
+    models, images = table["model"].to_pylist(), table["num_images"].to_pylist()
+    out: dict[str, tuple[int, int | None]] = {}
+    for model, n in zip(models, images):
+        rows, first = out.get(model, (0, n))
+        out[model] = (rows + 1, first)
     return out
 
 
@@ -143,97 +206,7 @@ def _verify(out: Path, num_rows: int, columns: Sequence[str]) -> None:
         raise RuntimeError(f"datasets.load_dataset({str(out)!r}) does not give back the {num_rows} results rows")
 
 
-def _plots(reports: Sequence[Report], folder: Path) -> None:
-    import matplotlib.pyplot as plt
+def _version() -> str:
+    from . import __version__
 
-    from .plotting import plot_comparison, plot_report
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for report in reports:
-        fig = plot_report(report)
-        fig.savefig(folder / plot_filename(report.model), dpi=110)
-        plt.close(fig)
-    for metric in COMPARISON_METRICS:
-        if any(report.table[metric].notna().any() for report in reports):
-            fig = plot_comparison(reports, metric)
-            fig.savefig(folder / f"comparison_{metric}.png", dpi=110)
-            plt.close(fig)
-
-
-def _card(reports: Sequence[Report], summary: Mapping[str, Any]) -> Any:
-    """The dataset card: YAML ``configs`` pointing at ``results/*.parquet``, the verdicts and the provenance."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    run = summary.get("run", {})
-    num_rows = sum(len(r.table) for r in reports)
-    data = DatasetCardData(
-        pretty_name="hf_isi layer-wise diagnostics",
-        tags=["hf-isi", "interpretability", "vision-transformer"],
-        size_categories=["n<1K" if num_rows < 1000 else "1K<n<10K"],
-        configs=[{"config_name": "default", "default": True,
-                  "data_files": [{"split": RESULTS_SPLIT, "path": f"{RESULTS_DIR}/*.parquet"}]}],
-    )
-    phase_curve = next(iter(reports)).provenance.get("phase_curve", "centered_similarity")
-    lines = [
-        "# hf_isi layer-wise diagnostics",
-        "",
-        "Per-layer information-flow diagnostics of vision transformers, computed by hf_isi's "
-        "`scripts/probe.py`: one row per model x layer (`layer` -1 = patch "
-        "embeddings before position embeddings, 0 = with them, l = output of block l). Missing values are null. "
-        "`summary.json` holds the Cliff/Plateau/Climb phases of every curve, their alignment across models and "
-        "the provenance; `plots/` the figures.",
-        "",
-        "```python",
-        "import datasets",
-        f'rows = datasets.load_dataset("<this repo or folder>", split="{RESULTS_SPLIT}")',
-        "from hf_isi.results import load_results",
-        'reports = load_results("<this repo or folder>")   # {model: hf_isi.Report}',
-        "```",
-        "",
-        f"## Phases ({phase_curve})",
-        "",
-        "| model | layers | images | pattern | plateau starts | climb starts | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for report in reports:
-        fit = report.phases.get(phase_curve)
-        lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
-            report.model, report.num_layers, int(report.table["num_images"].iloc[0]),
-            "yes" if fit is not None and fit.pattern else "no",
-            _or_dash(fit.plateau_start if fit else None), _or_dash(fit.climb_start if fit else None),
-            (fit.reason if fit else "not fitted").replace("|", "\\|")))
-    dataset = run.get("dataset") or {}
-    skipped = run.get("skipped_ids") or []
-    lines += [
-        "",
-        "## Provenance",
-        "",
-        f"- dataset: `{dataset.get('dataset', '?')}` split `{dataset.get('split', '?')}`, "
-        f"{run.get('num_images', '?')} images used, {run.get('num_images_skipped', 0)} unreadable skipped"
-        + (f" ({', '.join(map(str, skipped[:_CARD_MAX_IDS]))}{', ...' if len(skipped) > _CARD_MAX_IDS else ''})"
-           if skipped else ""),
-        f"- processes: {run.get('num_processes', '?')}, dtype: {run.get('dtype', '?')}, seed: {run.get('seed', '?')}, "
-        f"wall time: {run.get('wall_time_s', '?')} s",
-        f"- command: `{run.get('command_line', '?')}`",
-        "",
-        "| model | revision | class | attention | dtype |",
-        "|---|---|---|---|---|",
-    ]
-    for report in reports:
-        p = report.provenance
-        lines.append(f"| {report.model} | {_or_dash(p.get('revision'))} | {_or_dash(p.get('model_class'))} | "
-                     f"{_or_dash(p.get('attn_implementation'))} | {_or_dash(p.get('dtype'))} |")
-    versions = {k[: -len("_version")]: v for k, v in next(iter(reports)).provenance.items() if k.endswith("_version")}
-    if versions:
-        lines += ["", "Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."]
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
-
-
-def _or_dash(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return __version__

@@ -33,7 +33,7 @@ from hf_isi import hub
 
 PROG = "publish.py"
 REPO = Path(__file__).resolve().parents[1]
-WHAT = ["dataset", "metric", "space", "models"]
+WHAT = list(hub.KINDS)
 
 
 @dataclass

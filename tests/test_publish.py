@@ -1,4 +1,4 @@
-"""Publishing (hf_isi/hub.py, scripts/publish.py, isi/app.py): every Hub-ready folder is built and validated
+"""Publishing (hf_isi/hub/, scripts/publish.py, isi/app.py): every Hub-ready folder is built and validated
 offline; uploads go to an in-process fake Hub (huggingface_hub's ``set_client_factory`` with an httpx2
 ``MockTransport``) that records which repos were created and which files each commit carried.
 
@@ -128,6 +128,7 @@ class FakeHub:
 
     def __init__(self, fail_commit_of: str | None = None) -> None:
         self.fail_commit_of = fail_commit_of
+        self.reject_cards = False  # answer /api/validate-yaml with 400, as the Hub does for a bad card
         self.requests: list[tuple[str, str]] = []
         self.created: list[dict] = []
         self.branches: list[tuple[str, str]] = []
@@ -146,6 +147,8 @@ class FakeHub:
             return httpx2.Response(200, json={"url": f"https://huggingface.co/{prefix}{body['organization']}/"
                                                      f"{body['name']}"})
         if path == "/api/validate-yaml":
+            if self.reject_cards:
+                return httpx2.Response(400, text='"license" must be one of [apache-2.0, mit, ...]')
             return httpx2.Response(200, json={"errors": [], "warnings": []})
         m = re.match(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit|branch)/(.+)$", path)
         if m is None:
@@ -305,6 +308,33 @@ def test_dataset_validation_catches_rows_that_differ_from_the_source(inputs, tmp
     assert any("differ from the" in e for e in folder.errors), folder.errors
 
 
+def test_published_dataset_holds_no_local_path(inputs, tmp_path, monkeypatch):
+    """summary.json and README.md of the built dataset carry no absolute path of the machine: paths become
+    relative to the results folder or start with ~, also for folders written before paths were made relative."""
+    home = tmp_path / "home" / "me"
+    monkeypatch.setenv("HOME", str(home))
+    old = tmp_path / "old-results"
+    shutil.copytree(inputs["results"], old)
+    summary = json.loads((old / "summary.json").read_text())  # as written before: absolute paths
+    summary["run"].update(command_line=f"python scripts/probe.py --output_dir {old} --dataset {tmp_path}/images "
+                                       f"--cache_dir {home}/.cache", output_dir=str(old),
+                          dataset={"dataset": str(tmp_path / "images"), "split": "train"})
+    for info in summary["models"].values():
+        info["provenance"]["command_line"] = summary["run"]["command_line"]
+    (old / "summary.json").write_text(json.dumps(summary, indent=2))
+    for results_dirs in ([old], [old, inputs["other"]]):
+        (folder,) = hub.build_all(tmp_path / "hub", what=["dataset"], results_dirs=results_dirs)
+        assert folder.ok, folder.errors
+        for name in ("summary.json", "README.md"):
+            text = (folder.path / name).read_text()
+            for local in (tmp_path, home, inputs["root"]):
+                assert str(local) not in text, (results_dirs, name, local)
+        card = (folder.path / "README.md").read_text()
+        assert "--output_dir . --dataset ../images --cache_dir ~/.cache" in card
+    run = json.loads((folder.path / "summary.json").read_text())["run"]["merged_from"][0]
+    assert run["output_dir"] == "." and run["dataset"]["dataset"] == "../images"
+
+
 # -- model repos -------------------------------------------------------------------------------------------
 def test_model_folder_holds_weights_and_card(inputs, built):
     from huggingface_hub import ModelCard
@@ -353,6 +383,26 @@ def test_model_with_broken_weights_fails(tmp_path, damage):
     (folder,) = hub.build_all(tmp_path / "hub", what=["models"], models=[str(model)], model_cards_dir=cards)
     expected = "from_pretrained(folder) fails" if damage == "garbage" else "does not load every weight"
     assert not folder.ok and any(expected in e for e in folder.errors), folder.errors
+
+
+def test_model_with_custom_code_fails_without_running_it(tmp_path, monkeypatch):
+    """A config with ``auto_map`` asks transformers to run the folder's own code: validation loads with
+    ``trust_remote_code=False``, so even a ``y`` on stdin (transformers' prompt) never runs it."""
+    import io
+
+    model, cards = _saved_model(tmp_path, "custom-vit")
+    ran = tmp_path / "custom-code-ran"
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="custom-vit", architectures=["CustomModel"],
+                  auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                            "AutoModel": "modeling_custom.CustomModel"})
+    (model / "config.json").write_text(json.dumps(config))
+    for module in ("configuration_custom", "modeling_custom"):
+        (model / f"{module}.py").write_text(f"import pathlib\npathlib.Path({str(ran)!r}).write_text('ran')\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))
+    (folder,) = hub.build_all(tmp_path / "hub", what=["models"], models=[str(model)], model_cards_dir=cards)
+    assert not folder.ok and any("from_pretrained(folder) fails" in e for e in folder.errors), folder.errors
+    assert not ran.exists()
 
 
 def test_reference_models_publish_only_when_trained_and_carded(tmp_path):
@@ -503,6 +553,33 @@ def test_out_dir_not_made_by_publish_is_refused(tmp_path):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+def test_metric_card_has_one_source(built, tmp_path, capsys):
+    """The Space's card is the packaged one; isi/README.md is a copy that the sync command writes and checks."""
+    from hf_isi.hub import metric_space
+
+    packaged = ROOT / "hf_isi" / "evaluate_module" / "isi" / "README.md"
+    assert (built["metric"].path / "README.md").read_bytes() == packaged.read_bytes()
+    isi = tmp_path / "isi"
+    shutil.copytree(ROOT / "isi", isi)
+    assert metric_space.main(["--check", "--isi_dir", str(isi)]) == 0
+    (isi / "README.md").write_text("stale\n")
+    assert metric_space.main(["--check", "--isi_dir", str(isi)]) == 1 and "OUT OF DATE" in capsys.readouterr().out
+    folder = hub.build_metric_space(tmp_path / "hub", isi_dir=isi)
+    assert (folder.path / "README.md").read_bytes() == packaged.read_bytes()
+    assert any("differs from the packaged metric card" in w for w in folder.warnings)
+    assert metric_space.main(["--isi_dir", str(isi)]) == 0
+    assert (isi / "README.md").read_bytes() == packaged.read_bytes()
+
+
+def test_isolation_check_is_a_module():
+    from hf_isi.hub import _isolation
+
+    assert _isolation.main(["bogus", "a", "b"]) == 2
+    proc = subprocess.run([sys.executable, "-m", "hf_isi.hub._isolation"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 2 and "usage: python -m hf_isi.hub._isolation" in proc.stderr
+
+
 # -- the metric Space's app --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def metric_app(inputs):
@@ -629,6 +706,19 @@ def test_invalid_folder_is_never_uploaded(inputs, tmp_path, token, fake_hub, cap
     assert fake_hub.requests == []  # not even the valid dataset: all or nothing
     assert "ERROR:   no model card:" in captured.out
     assert "failed validation" in captured.err and "Nothing was uploaded" in captured.err
+    _assert_no_token(captured.out, captured.err)
+
+
+def test_card_rejected_by_the_hub_stops_every_upload(inputs, tmp_path, token, fake_hub, capsys):
+    fake_hub.reject_cards = True
+    rc = publish.main(["--results_dir", str(inputs["results"]), "--what", "dataset", "models", "--models",
+                       str(inputs["model"]), "--model_cards_dir", str(inputs["cards"]), "--out_dir",
+                       str(tmp_path / "hub"), "--namespace", NAMESPACE])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "the Hub does not accept the card of dataset me/hf-isi-results" in captured.err
+    assert "nothing was uploaded" in captured.err
+    assert fake_hub.created == [] and fake_hub.commits == []
     _assert_no_token(captured.out, captured.err)
 
 
