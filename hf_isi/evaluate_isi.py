@@ -239,40 +239,6 @@ def _finite(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contain NaN or inf")
 
 
-def _slice_states(states: LayerStates, count: int) -> LayerStates:
-    """The first ``count`` images of a batch (attention rows per image kept together for windowed models)."""
-    b = states.batch_size
-    if count >= b:
-        return states
-
-    def rows(t: torch.Tensor) -> torch.Tensor:
-        return t[: count * (t.shape[0] // b)]
-
-    return replace(
-        states,
-        patch_embeddings=states.patch_embeddings[:count],
-        hidden_states=tuple(h[:count] for h in states.hidden_states),
-        attentions=None if states.attentions is None else tuple(rows(a) for a in states.attentions),
-        attention_residuals=None if states.attention_residuals is None
-        else tuple((rows(x), rows(y)) for x, y in states.attention_residuals),
-        labels=None if states.labels is None else states.labels[:count],
-        keys=states.keys[:count],
-    )
-
-
-class _StatesSource:
-    """What :class:`hf_isi.Analyzer` needs of an adapter when batches arrive as precomputed layer states."""
-
-    name = "layer_states"
-    attentions = True
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def provenance(self) -> dict[str, Any]:
-        return {"model": self.name, "source": "precomputed layer states (hf_isi evaluate module)"}
-
-
 def _curve(values: Any) -> list[float | None]:
     return [float(v) if v is not None and math.isfinite(float(v)) else None for v in values]
 
@@ -409,8 +375,7 @@ class Isi(evaluate.Metric):
             path = self._state_path(process_id)
             other = Analyzer(self._analyzer.adapter, self._analyzer.config, self._analyzer.num_classes)
             try:
-                other.load_state_dict(torch.load(path, map_location=self._analyzer.num_images.device,
-                                                 weights_only=True))
+                other.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             except FileNotFoundError:
                 raise ValueError(f"process {process_id} left no ISI state at {path}: every process must add at "
                                  "least one batch and call compute()") from None
@@ -605,7 +570,7 @@ class Isi(evaluate.Metric):
             metrics.remove("attention")
         return metrics
 
-    def _new_analyzer(self, source: Any, states: LayerStates | None, labels: torch.Tensor | None,
+    def _new_analyzer(self, source: ModelAdapter | None, states: LayerStates | None, labels: torch.Tensor | None,
                       shared: dict[str, Any] | None) -> Analyzer:
         config = self.analysis_config
         if shared is not None:
@@ -632,9 +597,8 @@ class Isi(evaluate.Metric):
         recorded = False
         if self._analyzer is None:
             shared, recorded = self._rendezvous(states.keys)
-            self._analyzer = self._new_analyzer(_StatesSource(states.device), states, states.labels, shared)
-            for acc in self._analyzer.accumulators.values():
-                acc.setup(_slice_states(states, max(1, self._analyzer.config.calibration_images)))
+            self._analyzer = self._new_analyzer(None, states, states.labels, shared)
+            self._analyzer.setup_states(states)
             self._layout = states.layout
             self._share_calibration(shared)
         elif isinstance(self._analyzer.adapter, ModelAdapter):
@@ -695,8 +659,7 @@ class Isi(evaluate.Metric):
 
     def _check_batch(self, states: LayerStates) -> None:
         assert self._analyzer is not None and self._layout is not None
-        first = next(iter(self._analyzer.accumulators.values()), None)
-        layers = first.num_layers if first is not None else states.num_layers
+        layers = self._analyzer.num_layers if self._analyzer.num_layers is not None else states.num_layers
         if states.num_layers != layers or states.layout != self._layout:
             raise ValueError(
                 f"this batch has {states.num_layers} blocks and layout {states.layout}, but the first batch had "
@@ -737,30 +700,20 @@ class Isi(evaluate.Metric):
         return shared, True
 
     def _share_calibration(self, shared: dict[str, Any] | None) -> None:
-        """After setup: process 0 publishes its fixed states (projections, target scaling, shifts); the other
-        processes replace theirs with them, so every process uses process 0's calibration batch."""
+        """After setup: process 0 publishes its calibration (projections, target scaling, shifts); the other
+        processes adopt it, so every process uses process 0's calibration batch."""
         assert self._analyzer is not None
         if self.num_process == 1:
             return
-        accs = self._analyzer.accumulators
         if self.process_id == 0:
-            fixed = {name: {k: v for k, (red, v) in acc.state_dict()["states"].items() if red == "fixed"}
-                     for name, acc in accs.items()}
-            self._save(self._calibration_path(), {"config": asdict(self._analyzer.config),
-                                                  "num_classes": self._analyzer.num_classes, "fixed": fixed})
+            self._save(self._calibration_path(), self._analyzer.calibration())
             return
         assert shared is not None
-        for name, acc in accs.items():
-            state = acc.state_dict()
-            for k, v in shared["fixed"][name].items():
-                mine = state["states"][k][1]
-                if [t.shape for t in (mine if isinstance(mine, list) else [mine])] != \
-                        [t.shape for t in (v if isinstance(v, list) else [v])]:
-                    raise ValueError(f"process {self.process_id}'s batches do not match process 0's ({name}.{k} "
-                                     "shapes differ): every process must run the same model")
-                dev = (mine[0] if isinstance(mine, list) else mine).device
-                state["states"][k] = ("fixed", [t.to(dev) for t in v] if isinstance(v, list) else v.to(dev))
-            acc.load_state_dict(state)
+        try:
+            self._analyzer.load_calibration(shared)
+        except ValueError as err:
+            raise ValueError(f"process {self.process_id}'s batches do not match process 0's ({err}): every process "
+                             "must run the same model") from None
 
 
 #: doctest entry point: the shims re-export it, so ``doctest.testmod(<shim module>)`` runs the examples

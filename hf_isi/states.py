@@ -8,7 +8,7 @@ the final LayerNorm). Metrics never ask which model family produced a batch; the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -110,6 +110,26 @@ class LayerStates:
     def mean_pool(self, layer: int) -> torch.Tensor:
         """The mean of the patch tokens ``[B, D]``."""
         return self.patch_tokens(layer).mean(dim=1)
+
+    def head(self, count: int) -> LayerStates:
+        """The first ``count`` images of the batch (attention rows per image kept together for windowed models)."""
+        b = self.batch_size
+        if count >= b:
+            return self
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t[: count * (t.shape[0] // b)]
+
+        return replace(
+            self,
+            patch_embeddings=self.patch_embeddings[:count],
+            hidden_states=tuple(h[:count] for h in self.hidden_states),
+            attentions=None if self.attentions is None else tuple(rows(a) for a in self.attentions),
+            attention_residuals=None if self.attention_residuals is None
+            else tuple((rows(x), rows(y)) for x, y in self.attention_residuals),
+            labels=None if self.labels is None else self.labels[:count],
+            keys=None if self.keys is None else self.keys[:count],
+        )
 
     @property
     def split(self) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..states import LayerStates
-from .base import Accumulator, float64_zeros
+from .base import Accumulator, MetricFamily, float64_zeros
 
 
 class PEDominanceAccumulator(Accumulator):
@@ -17,7 +17,7 @@ class PEDominanceAccumulator(Accumulator):
     Model-level values (``scalars()``): ``pe_dominance``, ``pe_norm``, ``patch_embedding_norm``.
     """
 
-    name = "pe"
+    families = (MetricFamily("pe"),)  # model-level values only
 
     def setup(self, states: LayerStates) -> None:
         super().setup(states)

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..states import FIT, SPLITS, TEST, VAL, LayerStates
 from . import collapse
-from .base import Accumulator, float64_zeros
+from .base import Accumulator, MetricFamily, float64_zeros
 from .ridge import DEFAULT_PENALTIES, RidgeFit, RidgeStats, select_ridge
 
+if TYPE_CHECKING:
+    from ..engine import AnalysisConfig
+
 POOLINGS = ("cls", "mean")
+PROBES = MetricFamily(
+    "probes",
+    columns=tuple(f"probe_{p}_{m}" for m in ("acc", "control_acc", "selectivity") for p in POOLINGS),
+    tuning_columns=tuple(f"probe_{p}_penalty" for p in POOLINGS),
+    requires=("labels",),
+)
+COLLAPSE = MetricFamily("collapse", columns=tuple(f"nc{i}_{p}" for i in range(1, 5) for p in POOLINGS),
+                        requires=("labels",))
 _MASK64 = (1 << 64) - 1
 
 
@@ -50,8 +63,7 @@ class PooledFeatureAccumulator(Accumulator):
     NC3 uses the probe's classifier rows, NC4 compares nearest-class-mean with the probe on the test reservoir.
     """
 
-    name = "probes"
-    requires = ("labels",)
+    families = (PROBES, COLLAPSE)
 
     def __init__(
         self,
@@ -73,6 +85,13 @@ class PooledFeatureAccumulator(Accumulator):
         self.max_test_images, self.final_norm = int(max_test_images), bool(final_norm)
         self.want_probes, self.want_collapse = probes, collapse
         self.features: list[tuple[str, int]] = []
+
+    @classmethod
+    def from_config(cls, config: AnalysisConfig, num_classes: int | None,
+                    families: frozenset[str]) -> PooledFeatureAccumulator:
+        assert num_classes is not None  # the engine builds label families only with labels
+        return cls(num_classes, tuple(config.probe_penalties), config.seed, config.probe_max_test_images,
+                   config.probe_final_norm, probes=PROBES.name in families, collapse=COLLAPSE.name in families)
 
     # -- features ----------------------------------------------------------------------------------------
     def pooled(self, states: LayerStates, pooling: str, layer: int) -> torch.Tensor:
@@ -148,9 +167,8 @@ class PooledFeatureAccumulator(Accumulator):
         return fit
 
     def compute(self) -> dict[str, np.ndarray]:
-        names = [f"probe_{p}_{m}" for p in POOLINGS for m in ("acc", "control_acc", "selectivity", "penalty")]
-        names += [f"nc{i}_{p}" for i in range(1, 5) for p in POOLINGS]
-        cols = {name: self.missing_column() for name in names}
+        wanted = [f for f, want in ((PROBES, self.want_probes), (COLLAPSE, self.want_collapse)) if want]
+        cols = {name: self.missing_column() for f in wanted for name in f.all_columns}
         have_test = len(self.test) > 0
         # every test-set quantity below is order-free, so the reservoir is read in slot order (no sorted copy)
         test_data = self.test.slots()[1]
@@ -184,5 +202,4 @@ class PooledFeatureAccumulator(Accumulator):
                 cols[f"nc3_{pooling}"][i] = collapse.nc3(geometry, fit.weight.T)
                 if have_test:
                     cols[f"nc4_{pooling}"][i] = collapse.nc4(geometry, x_test - self.shift[j], pred)
-        wanted = ("probe_",) * self.want_probes + ("nc",) * self.want_collapse
-        return {k: v for k, v in cols.items() if k.startswith(wanted)}
+        return cols
