@@ -291,7 +291,7 @@ def analyze(
     ids: Sequence[object] | None = None,
     num_classes: int | None = None,
     batch_size: int = 32,
-    dtype: str = "float32",
+    dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> Report:
@@ -304,6 +304,8 @@ def analyze(
         labels: integer class labels (enable the probes and Neural Collapse).
         config: what to compute (:class:`AnalysisConfig`).
         ids: stable example ids (default: the positions); they decide the fit/val/test split.
+        dtype, device: of the forward pass (default: float32 for a checkpoint, a loaded model's own dtype, and
+            the model's device); a loaded model or adapter is converted in place.
 
     Returns:
         A :class:`~hf_isi.report.Report` with the per-layer table, the phases and the provenance.
@@ -319,10 +321,9 @@ def analyze(
     from . import data
 
     config = config or AnalysisConfig()
-    adapter = load_model(model, attentions=config.needs_attentions, dtype=dtype, device=device) \
-        if not isinstance(model, ModelAdapter) else model
-    if device is not None and adapter.device != torch.device(device):
-        adapter.model.to(device)
+    # an adapter without attentions meets the Analyzer's own, clearer refusal of attention metrics
+    adapter = load_model(model, attentions=None if isinstance(model, ModelAdapter) else config.needs_attentions,
+                         dtype=dtype, device=device)
     n = len(images)
     if n == 0:
         raise ValueError("no images to analyse")

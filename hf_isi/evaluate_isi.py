@@ -30,7 +30,14 @@ import torch
 from .engine import ALL_METRICS, AnalysisConfig, Analyzer
 from .models import ModelAdapter, load_model
 from .report import METRIC_COLUMNS, PER_HEAD_COLUMNS, PHASE_CURVES
-from .states import LayerStates, TokenLayout, all_finite, example_keys
+from .states import (
+    LayerStates,
+    TokenLayout,
+    all_finite,
+    example_keys,
+    layer_states_from_outputs,
+    patch_token_sequence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -455,7 +462,13 @@ class Isi(evaluate.Metric):
 
         if hidden is not None and len(hidden) < 2:
             raise ValueError(f"hidden_states must hold L + 1 >= 2 layers (embeddings and every block), got {len(hidden)}")
-        num_layers = len(hidden) - 1 if hidden is not None else len(attn)  # type: ignore[arg-type]
+        # the attention tensors of the first block: the layout of an attention-only batch comes from them
+        first_attention = None if attn is None else (res[0][0] if res else attn[0])
+        if hidden is not None:
+            num_layers = len(hidden) - 1
+        else:
+            assert attn is not None  # every config needs hidden states or attentions (checked above)
+            num_layers = len(attn)
         if attn is not None and len(attn) != num_layers:
             raise ValueError(f"{len(attn)} attention tensors for {num_layers} blocks (hidden_states has "
                              f"{num_layers + 1} entries): pass one per block")
@@ -464,10 +477,8 @@ class Isi(evaluate.Metric):
 
         z0 = None
         if patch_embeddings is not None:
-            z0 = _tensor(patch_embeddings, "patch_embeddings")
-            if z0.ndim == 4:  # a conv patch embedder's map [B, D, h, w] (CLIP)
-                patch_grid = patch_grid or (int(z0.shape[2]), int(z0.shape[3]))
-                z0 = z0.flatten(2).transpose(1, 2)
+            z0, conv_grid = patch_token_sequence(_tensor(patch_embeddings, "patch_embeddings"))
+            patch_grid = patch_grid or conv_grid
             if z0.ndim != 3:
                 raise ValueError(f"patch_embeddings must be [B, N, D0] (or a [B, D0, h, w] conv map), got {_shape(z0)}")
 
@@ -479,10 +490,9 @@ class Isi(evaluate.Metric):
             for i, h in enumerate(hidden):
                 sizes[f"hidden_states[{i}]"] = h.shape[0]
         batch = next(iter(sizes.values())) if sizes else None
-        if attn is not None:
+        if attn is not None and first_attention is not None:
             if batch is None:
-                batch = res[0][0].shape[0] if res else attn[0].shape[0]  # type: ignore[index]
-                sizes["attention_residuals[0]"] = batch
+                batch = sizes["attention_residuals[0]"] = first_attention.shape[0]
             for i, a in enumerate(attn):
                 if a.shape[0] % batch:
                     sizes[f"attentions[{i}]"] = a.shape[0]
@@ -505,42 +515,26 @@ class Isi(evaluate.Metric):
         if batch == 0:
             raise ValueError("empty batch")
 
-        # layout
-        if hidden is not None and z0 is not None:
-            n, t0 = z0.shape[1], hidden[0].shape[1]
-        else:  # attention config without z0/hidden states: patches = tokens - prefix
-            t0 = (res[0][0] if res else attn[0]).shape[-2]  # type: ignore[index]
+        if z0 is None or hidden is None:
+            # attention config without z0/hidden states: patches = tokens - prefix; the attention accumulator
+            # reads only the batch size and the layer count from these stand-ins
+            assert first_attention is not None
+            t0, dev = first_attention.shape[-2], first_attention.device
             n = t0 - (1 if num_prefix_tokens is None else int(num_prefix_tokens))
-        prefix = t0 - n if num_prefix_tokens is None else int(num_prefix_tokens)
-        if prefix < 0 or (hidden is not None and z0 is not None and prefix != t0 - n):
-            raise ValueError(f"hidden_states[0] has {t0} tokens and patch_embeddings {n} patches: num_prefix_tokens "
-                             f"must be {t0 - n}" + (" (more patches than tokens?)" if t0 < n else ""))
-        if patch_grid is None:
-            side = math.isqrt(n)
-            if side * side != n and attn is not None:
-                raise ValueError(f"{n} patches do not form a square grid: pass patch_grid=(rows, cols)")
-            patch_grid = (side, side) if side * side == n else (1, n)
-        patch_grid = (int(patch_grid[0]), int(patch_grid[1]))
-        if patch_grid[0] * patch_grid[1] != n:
-            raise ValueError(f"patch_grid {patch_grid} does not hold the {n} patches")
-        ps = (1, 1) if patch_size is None else (int(patch_size[0]), int(patch_size[1]))
-        layout = TokenLayout(prefix, 0 if prefix > 0 else None, patch_grid, ps)
-
-        if z0 is None:  # the attention accumulator reads only the batch size and the layer count from these
-            dev = attn[0].device  # type: ignore[index]
-            z0 = torch.zeros(batch, n, 0, device=dev)
+            z0 = torch.zeros(batch, max(n, 0), 0, device=dev)
             hidden = hidden or tuple(torch.zeros(batch, t0, 0, device=dev) for _ in range(num_layers + 1))
+        n = z0.shape[1]
+        if patch_grid is None and attn is not None and math.isqrt(n) ** 2 != n:
+            raise ValueError(f"{n} patches do not form a square grid: pass patch_grid=(rows, cols)")
         _finite(z0, "patch_embeddings")
-        for i, h in enumerate(hidden):  # type: ignore[arg-type]
+        for i, h in enumerate(hidden):
             _finite(h, f"hidden_states[{i}]")
-        pe = None
-        if position_embeddings is not None:
-            pe = _tensor(position_embeddings, "position_embeddings")
-            pe = pe.reshape(-1, pe.shape[-1])[-n:]
-        keys = example_keys(self._ids(ids, batch), self.analysis_config.seed)
-        return LayerStates(
-            patch_embeddings=z0, hidden_states=hidden, layout=layout, attentions=attn,  # type: ignore[arg-type]
-            attention_residuals=res, labels=label_t, keys=keys, position_embeddings=pe,
+        return layer_states_from_outputs(
+            z0, hidden, num_prefix_tokens=num_prefix_tokens, patch_grid=patch_grid,
+            patch_size=(1, 1) if patch_size is None else patch_size, attentions=attn, attention_residuals=res,
+            labels=label_t, keys=example_keys(self._ids(ids, batch), self.analysis_config.seed),
+            position_embeddings=None if position_embeddings is None
+            else _tensor(position_embeddings, "position_embeddings"),
             split_fractions=(self.analysis_config.fit_fraction, self.analysis_config.val_fraction),
         )
 
