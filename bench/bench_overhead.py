@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.sdpa:
                 t["bare-sdpa"][r] += _timed(lambda: bare_sdpa(px), dev, c["bare-sdpa"], r)
             t["capture"][r] += _timed(lambda: plain.capture(px, y, ids), dev, c["capture"], r)
-            box = {}
+            box: dict[str, Any] = {}
             t["capture+attn"][r] += _timed(lambda: box.__setitem__("s", with_attn.capture(px, y, ids)), dev,
                                            c["capture+attn"], r)
             states = box.pop("s")

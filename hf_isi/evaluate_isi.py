@@ -271,6 +271,8 @@ def _unbatched(x: Any) -> Any:
 class Isi(evaluate.Metric):
     """The Information Scrambling Index of a vision transformer, layer by layer (see the module docstring)."""
 
+    config_name: str  # set by evaluate.Metric: "reconstruction", "attention" or "full"
+
     def __init__(self, config_name: str | None = None, *, isi_dim: int | None = None,
                  calibration_images: int | None = None, num_classes: int | None = None,
                  analysis_config: AnalysisConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -637,9 +639,10 @@ class Isi(evaluate.Metric):
             self._analyzer.setup(pixels[:c], None if label_t is None else label_t[:c])
             self._share_calibration(shared)
         else:
-            adapter = self._analyzer.adapter
-            if not isinstance(adapter, ModelAdapter):
+            source = self._analyzer.adapter
+            if not isinstance(source, ModelAdapter):
                 raise ValueError("this computation started with model outputs; do not mix in model= and pixel_values=")
+            adapter = source
             if model is not adapter and model is not adapter.model and not (
                     isinstance(model, (str, os.PathLike)) and str(model) == str(self._model_ref)):
                 raise ValueError("a different model was passed than in the first batch of this computation")

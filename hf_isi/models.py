@@ -17,7 +17,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 from torch import nn
@@ -111,8 +111,9 @@ class ModelAdapter:
                 f"{type(model).__name__} takes '{model.main_input_name}', not images: hf_isi analyses vision "
                 "transformers (ViT, DeiT, BEiT, DINOv2, CLIP vision, Swin)"
             )
-        self.model = model.eval()
-        self.tower = self._vision_tower(model)
+        # a transformers PreTrainedModel in practice (duck-typed: set_attn_implementation, get_input_embeddings)
+        self.model: Any = cast(Any, model.eval())
+        self.tower: Any = cast(Any, self._vision_tower(model))
         self.name = name or getattr(model.config, "name_or_path", None) or type(model).__name__
         self.attentions = attentions
         if attentions and getattr(self.tower.config, "_attn_implementation", "eager") != "eager":
@@ -171,7 +172,7 @@ class ModelAdapter:
             raise ModelError(_load_error(source, err)) from err
         try:
             if getattr(config, "vision_config", None) is not None:  # e.g. a full CLIP checkpoint: its vision tower
-                model_cls = MODEL_MAPPING[type(config.vision_config)]
+                model_cls: Any = MODEL_MAPPING[type(config.vision_config)]
                 model = model_cls.from_pretrained(source, **kwargs)
             elif any(a.endswith("ForImageClassification") for a in (config.architectures or [])):
                 model = AutoModelForImageClassification.from_pretrained(source, **kwargs)
@@ -216,12 +217,13 @@ class ModelAdapter:
     def _layer_modules(self) -> list[nn.Module]:
         if self.names.layers is not None:
             return list(self._named(self.names.layers, "layers").children())
+        modules: list[nn.Module] = list(self.tower.modules())
         cls = _recorded_class(self.tower, "hidden_states")
         if cls is not None:
-            return [m for m in self.tower.modules() if isinstance(m, cls)]
+            return [m for m in modules if isinstance(m, cls)]
         # Fallback: the longest ModuleList of blocks.
-        lists = [m for m in self.tower.modules() if isinstance(m, nn.ModuleList)]
-        return list(max(lists, key=len)) if lists else []
+        lists = [list(m) for m in modules if isinstance(m, nn.ModuleList)]
+        return max(lists, key=len) if lists else []
 
     def _norm_pairs(self) -> list[tuple[nn.Module, nn.Module]] | None:
         if self.names.attention_norms is not None:

@@ -40,6 +40,9 @@ class TokenLayout:
         return self.patch_grid[0] * self.patch_grid[1]
 
 
+_NO_KEYS = torch.empty(0, dtype=torch.int64)  # LayerStates' default keys: replaced by those of 0..B-1
+
+
 @dataclass
 class LayerStates:
     """One batch of layer states, as produced by :class:`hf_isi.ModelAdapter` (or built by hand).
@@ -54,7 +57,8 @@ class LayerStates:
             right after it, each ``[B', T', D']``; ``None`` when not captured.
         labels: class labels ``[B]`` (int64) or ``None``.
         keys: per-image 64-bit hash keys ``[B]`` derived from stable example ids; they decide the
-            fit/val/test split and the order of bounded test-feature reservoirs.
+            fit/val/test split and the order of bounded test-feature reservoirs (default, or ``None``: the
+            keys of the ids ``0..B-1``).
         final_norm: the model's final LayerNorm (for probes on normalised features), if it has one.
         position_embeddings: the absolute position embeddings of the patch positions ``[N, D]`` (prefix rows
             removed), or ``None`` when the model has none.
@@ -67,13 +71,13 @@ class LayerStates:
     attentions: tuple[torch.Tensor, ...] | None = None
     attention_residuals: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
     labels: torch.Tensor | None = None
-    keys: torch.Tensor | None = None
+    keys: torch.Tensor = field(default_factory=lambda: _NO_KEYS)
     final_norm: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     position_embeddings: torch.Tensor | None = field(default=None, repr=False)
     split_fractions: tuple[float, float] = (0.6, 0.2)
 
     def __post_init__(self) -> None:
-        if self.keys is None:
+        if self.keys is None or self.keys is _NO_KEYS:
             self.keys = example_keys(range(self.batch_size))
 
     @property
@@ -129,7 +133,7 @@ class LayerStates:
             attention_residuals=None if self.attention_residuals is None
             else tuple((rows(x), rows(y)) for x, y in self.attention_residuals),
             labels=None if self.labels is None else self.labels[:count],
-            keys=None if self.keys is None else self.keys[:count],
+            keys=self.keys[:count],
         )
 
     @property
@@ -198,7 +202,7 @@ def layer_states_from_outputs(
         attentions=None if attentions is None else tuple(attentions),
         attention_residuals=None if attention_residuals is None else tuple(attention_residuals),
         labels=labels,
-        keys=keys,
+        keys=_NO_KEYS if keys is None else keys,
         final_norm=final_norm,
         position_embeddings=pe,
         split_fractions=split_fractions,

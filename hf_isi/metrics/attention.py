@@ -336,6 +336,16 @@ class AttentionAccumulator(Accumulator):
     """
 
     families = (FAMILY,)
+    # states (registered by setup): per-layer per-head sums [H_l] and per-layer counts [L]
+    entropy_sum: list[torch.Tensor]
+    ccc_sum: list[torch.Tensor]
+    aci_sum: list[torch.Tensor]
+    dist_sum: list[torch.Tensor]
+    maps: torch.Tensor
+    ccc_maps: torch.Tensor
+    dist_maps: torch.Tensor
+    cos_sum: torch.Tensor
+    cos_count: torch.Tensor
 
     def __init__(self, precision: str = "float64") -> None:
         super().__init__()

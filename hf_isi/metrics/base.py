@@ -94,6 +94,7 @@ class Reservoir:
         seq = torch.arange(self._next_seq, self._next_seq + m, dtype=torch.int64)
         self._next_seq += m
         n = self._n
+        entering: slice | torch.Tensor
         if n + m <= self.capacity:
             slots, entering = torch.arange(n, n + m), slice(None)
         else:

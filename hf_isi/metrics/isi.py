@@ -83,6 +83,18 @@ class ReconstructionISIAccumulator(Accumulator):
         columns=("isi", "isi_r2_self", "isi_r2_all", "isi_normalized"),
         tuning_columns=("isi_penalty_self", "isi_penalty_all"),
     ),)
+    # states (registered by setup); N positions of z0, P_l = N_l k inputs of layer l, Q = N k targets
+    target_mean: torch.Tensor  # fixed [D0]
+    target_scale: torch.Tensor  # fixed [D0]
+    target_projection: torch.Tensor  # fixed [D0, k]
+    input_projections: list[torch.Tensor]  # fixed [D_l, k]
+    input_shifts: list[torch.Tensor]  # fixed [P_l]
+    n: torch.Tensor  # [split]
+    sy: torch.Tensor  # [split, Q]
+    yy: torch.Tensor  # [split, Q]
+    sx: list[torch.Tensor]  # [split, P_l]
+    xx: list[torch.Tensor]  # [split, P_l, P_l]
+    xy: list[torch.Tensor]  # [split, P_l, Q]
 
     def __init__(self, dim: int = 16, penalties: tuple[float, ...] = DEFAULT_PENALTIES, seed: int = 0,
                  precision: str = "float64") -> None:
@@ -100,9 +112,7 @@ class ReconstructionISIAccumulator(Accumulator):
         self._rows_split: torch.Tensor | None = None
         self._filled = 0
         self._scratch = Scratch()  # reusable CPU buffers, not state
-        # the Gram sums ``xx`` ([3, P, P] per layer) and ``xy`` ([3, P, N k]), registered by setup
-        self.xx: list[torch.Tensor] = []
-        self.xy: list[torch.Tensor] = []
+        self.xx, self.xy = [], []  # the Gram sums, registered by setup
 
     @classmethod
     def from_config(cls, config: AnalysisConfig, num_classes: int | None,
@@ -225,6 +235,7 @@ class ReconstructionISIAccumulator(Accumulator):
         # x x^T and x y^T: buffered, added by flush() (see the class docstring)
         rows = y.shape[0]
         lo = self._reserve(rows, y, xs)
+        assert self._rows_y is not None and self._rows_split is not None  # allocated by _reserve
         self._rows_y[lo:lo + rows] = y
         self._rows_split[lo:lo + rows] = split
         for buffer, x in zip(self._rows_x, xs):

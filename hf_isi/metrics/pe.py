@@ -18,6 +18,10 @@ class PEDominanceAccumulator(Accumulator):
     """
 
     families = (MetricFamily("pe"),)  # model-level values only
+    # states (registered by setup), each [1]
+    pe_norm: torch.Tensor
+    z0_norm_sum: torch.Tensor
+    z0_count: torch.Tensor
 
     def setup(self, states: LayerStates) -> None:
         super().setup(states)

@@ -48,6 +48,9 @@ class SimilarityAccumulator(Accumulator):
     """
 
     families = (MetricFamily("similarity", columns=("centered_similarity",)),)
+    # states (registered by setup)
+    total: torch.Tensor  # [L + 2] summed over images
+    count: torch.Tensor  # [1] images
 
     def __init__(self) -> None:
         super().__init__()
