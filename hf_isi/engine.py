@@ -130,11 +130,6 @@ class Analyzer:
         return self.STATES_ONLY if self.adapter is None else self.adapter.name
 
     @property
-    def metrics(self) -> list[str]:
-        """The accumulators' names (one per accumulator: families sharing statistics share a name)."""
-        return list(self._accumulators)
-
-    @property
     def num_layers(self) -> int | None:
         """``L`` as set up from the calibration batch (``None`` before :meth:`setup`)."""
         return next((a.num_layers for a in self._accumulators.values()), None)
