@@ -111,8 +111,7 @@ def run_direct(adapter, batches, config: str, args) -> dict:
     analysis = AnalysisConfig(metrics=CONFIG_METRICS[config], isi_dim=args.isi_dim,
                               calibration_images=args.batch_size)
     analyzer = Analyzer(adapter, analysis, num_classes=10 if config == "full" else None)
-    for acc in analyzer.accumulators.values():
-        acc.setup(batches[0][0])
+    analyzer.setup_states(batches[0][0])
     for states, _ in batches:
         analyzer.update_states(states)
     return analyzer.report().table[CURVES[config]].to_numpy()

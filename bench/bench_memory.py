@@ -54,13 +54,13 @@ def worker(args) -> dict:
     start = time.perf_counter()
     analyzer.report()
     report_s = time.perf_counter() - start
-    from bench_overhead import state_megabytes
+    from bench_overhead import reservoir_images, state_megabytes
 
     out = {
         "images": args.count, "seconds": seconds, "img_per_s": args.count / seconds, "report_s": report_s,
         "peak_rss_mb": common.peak_rss_mb(), "rss_start_mb": rss_start, "rss_after_setup_mb": rss_setup,
         "rss_after_loop_mb": rss_loop, "state_mb": state_megabytes(analyzer),
-        "test_reservoir_images": len(analyzer.accumulators["probes"].test) if "probes" in analyzer.accumulators else 0,
+        "test_reservoir_images": reservoir_images(analyzer),
         "gpu_peak_mb": common.gpu_peak_mb(args.device), "torch_threads": torch.get_num_threads(),
     }
     return out

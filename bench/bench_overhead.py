@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -47,9 +48,14 @@ def state_megabytes(analyzer) -> float:
             for x in v:
                 visit(x)
 
-    for acc in analyzer.accumulators.values():
-        visit(acc.state_dict())
+    visit(analyzer.state_dict())
     return total / 2**20
+
+
+def reservoir_images(analyzer) -> int:
+    """Test-split images kept in the probes' bounded reservoir (0 without probes)."""
+    saved = analyzer.state_dict()["accumulators"].get("probes")
+    return 0 if saved is None else len(saved["reservoirs"]["test"]["keys"])
 
 
 def _timed(fn, device: str, cpu: list[float] | None = None, r: int = 0) -> float:
@@ -160,15 +166,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.sdpa:
                 t["bare-sdpa"][r] += _timed(lambda: bare_sdpa(px), dev, c["bare-sdpa"], r)
             t["capture"][r] += _timed(lambda: plain.capture(px, y, ids), dev, c["capture"], r)
-            box = {}
+            box: dict[str, Any] = {}
             t["capture+attn"][r] += _timed(lambda: box.__setitem__("s", with_attn.capture(px, y, ids)), dev,
                                            c["capture+attn"], r)
             states = box.pop("s")
             for f, a in fam.items():
                 t[f][r] += _timed(lambda: a.update_states(states), dev, c[f], r)
-            for a in fam.values():  # buffered work (the ISI Gram update) belongs to the batches that caused it
-                if hasattr(a.accumulators.get("isi"), "flush") and px is batches[-1][0]:
-                    t["isi"][r] += _timed(a.accumulators["isi"].flush, dev, c["isi"], r)
+            if "isi" in fam and px is batches[-1][0]:  # buffered work (the ISI Gram update) belongs to its batches
+                t["isi"][r] += _timed(fam["isi"].flush, dev, c["isi"], r)
             states = None  # free the batch's states before the next forward
     bare_s, bare_c = statistics.median(t["bare"]), statistics.median(c["bare"])
     add_row("bare", t["bare"], None, c["bare"])
@@ -209,20 +214,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         a.update(*batches[0])  # warm-up
         tb, tf_ = [0.0] * args.repeats, [0.0] * args.repeats
         cb, cf = [0.0] * args.repeats, [0.0] * args.repeats
-        isi = a.accumulators.get("isi")
         for r in range(args.repeats):
             for px, y, ids in batches:
                 tb[r] += _timed(lambda: bare(px), dev, cb, r)
                 tf_[r] += _timed(lambda: a.update(px, y, ids), dev, cf, r)
-            if hasattr(isi, "flush"):  # the buffered ISI Gram update of this repeat's images
-                tf_[r] += _timed(isi.flush, dev, cf, r)
+            tf_[r] += _timed(a.flush, dev, cf, r)  # the buffered ISI Gram update of this repeat's images
         add_row(label, tf_, tb, cf, cb, added_s=statistics.median(tf_) - statistics.median(tb),
                 state_mb=round(state_megabytes(a), 1), isi_dim=a.config.isi_dim)
         if not args.no_report:
             n_report = args.report_repeats or max(1, min(args.repeats, 3))
             tr = [_timed(lambda: a.report(), dev) for _ in range(n_report)]
             add_row(f"report() of {label}", tr, None, one_off=True)
-        a = isi = None
+        a = None
 
     common.save_results("overhead", args, rows, meta)
     return rows

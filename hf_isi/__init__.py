@@ -5,9 +5,15 @@
     >>> report.table, report.phases, report.provenance              # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from importlib.resources import files as _files
+
+from .engine import ALL_METRICS, AnalysisConfig, Analyzer, ModelSource, analyze
+from .models import ActivationError, ModelAdapter, ModelError, ModuleNames, load_model
+from .phases import PhaseFit, align_phases, fit_phases
+from .report import Report
+from .states import LayerStates, TokenLayout
+
+__version__ = "0.1.0"
 
 #: folder of the packaged evaluate module: ``evaluate.load(hf_isi.ISI_METRIC_PATH)`` works from any directory
 ISI_METRIC_PATH = str(_files("hf_isi") / "evaluate_module" / "isi")
@@ -19,15 +25,10 @@ def load_isi(config_name: str | None = None, **kwargs):
 
     return evaluate.load(ISI_METRIC_PATH, config_name, **kwargs)
 
-from .engine import ALL_METRICS, AnalysisConfig, Analyzer, analyze
-from .models import ActivationError, ModelAdapter, ModelError, load_model
-from .phases import PhaseFit, align_phases, fit_phases
-from .report import Report
-from .states import LayerStates, TokenLayout
 
 __all__ = [
-    "ISI_METRIC_PATH", "load_isi", "ALL_METRICS", "AnalysisConfig", "Analyzer", "analyze",
-    "ActivationError", "ModelAdapter", "ModelError", "load_model",
+    "ISI_METRIC_PATH", "load_isi", "ALL_METRICS", "AnalysisConfig", "Analyzer", "ModelSource", "analyze",
+    "ActivationError", "ModelAdapter", "ModelError", "ModuleNames", "load_model",
     "PhaseFit", "align_phases", "fit_phases",
     "Report", "LayerStates", "TokenLayout",
 ]

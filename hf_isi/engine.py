@@ -6,25 +6,22 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .metrics._scratch import compute_dtype
-from .metrics.attention import AttentionAccumulator
-from .metrics.base import Accumulator
-from .metrics.isi import ReconstructionISIAccumulator
-from .metrics.pe import PEDominanceAccumulator
-from .metrics.probes import PooledFeatureAccumulator
+from .metrics.base import Accumulator, Capture
+from .metrics.registry import ACCUMULATOR_OF, ACCUMULATORS, ALL_METRICS, FAMILIES
 from .metrics.ridge import DEFAULT_PENALTIES
-from .metrics.similarity import SimilarityAccumulator
 from .models import ModelAdapter, load_model
 from .report import Report
 from .states import LayerStates, example_keys
+from .utils import library_versions
 
 logger = logging.getLogger(__name__)
 
-ALL_METRICS = ("similarity", "isi", "attention", "probes", "collapse", "pe")
+__all__ = ["ALL_METRICS", "AnalysisConfig", "Analyzer", "ModelSource", "analyze", "build_accumulators"]
 
 
 @dataclass
@@ -57,42 +54,55 @@ class AnalysisConfig:
             raise ValueError("fit_fraction and val_fraction must be positive and sum to less than 1")
         compute_dtype(self.precision)  # one-line error for an unknown precision
 
+    def requires(self, capture: Capture) -> bool:
+        """Whether a requested family needs ``capture`` ("attentions", "attention_residuals", "labels")."""
+        return any(capture in FAMILIES[m].requires for m in self.metrics)
+
     @property
     def needs_attentions(self) -> bool:
-        return "attention" in self.metrics
+        return self.requires("attentions")
 
     @property
     def needs_labels(self) -> bool:
-        return "probes" in self.metrics or "collapse" in self.metrics
+        return self.requires("labels")
 
 
 def build_accumulators(config: AnalysisConfig, num_classes: int | None) -> dict[str, Accumulator]:
-    """One accumulator per requested family (probes and collapse share their statistics)."""
-    m = set(config.metrics)
-    accs: dict[str, Accumulator] = {}
-    if "similarity" in m:
-        accs["similarity"] = SimilarityAccumulator()
-    if "isi" in m:
-        accs["isi"] = ReconstructionISIAccumulator(config.isi_dim, tuple(config.isi_penalties), config.seed,
-                                                   config.precision)
-    if "attention" in m:
-        accs["attention"] = AttentionAccumulator(config.precision)
-    if config.needs_labels:
-        if num_classes is None:
-            logger.warning("no labels: probes and neural-collapse metrics are skipped")
-        else:
-            accs["probes"] = PooledFeatureAccumulator(
-                num_classes, tuple(config.probe_penalties), config.seed, config.probe_max_test_images,
-                config.probe_final_norm, probes="probes" in m, collapse="collapse" in m,
-            )
-    if "pe" in m:
-        accs["pe"] = PEDominanceAccumulator()
-    return accs
+    """One accumulator per registered class with a requested family (families sharing a class share one
+    accumulator), keyed by its name. Without ``num_classes``, families that need labels are left out."""
+    wanted = set(config.metrics)
+    unlabelled = sorted(m for m in wanted if num_classes is None and "labels" in FAMILIES[m].requires)
+    if unlabelled:
+        logger.warning("no labels: the %s metrics are skipped", ", ".join(unlabelled))
+        wanted -= set(unlabelled)
+    return {cls.name: cls.from_config(config, num_classes, frozenset(f.name for f in cls.families) & wanted)
+            for cls in ACCUMULATORS if any(ACCUMULATOR_OF[m] is cls for m in wanted)}
+
+
+class ModelSource(Protocol):
+    """What an :class:`Analyzer` needs of a model: :class:`~hf_isi.ModelAdapter` is one."""
+
+    #: the name results are reported under
+    name: str
+    #: whether :meth:`capture` returns attention probabilities and the attention residual pairs
+    attentions: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def provenance(self) -> dict[str, Any]: ...
+
+    def capture(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                keys: torch.Tensor | None = None) -> LayerStates: ...
 
 
 class Analyzer:
     """The streaming analysis of one model: ``setup`` once, ``update`` per batch, ``sync`` across processes,
-    ``report`` at the end. Its state is the accumulators' states, so it merges, saves and resumes.
+    ``report`` at the end. Its state is the accumulators' states, so it merges, saves and resumes. It is the
+    only door to the accumulators.
+
+    Without a model source, batches arrive as ready :class:`~hf_isi.states.LayerStates`
+    (:meth:`setup_states`, :meth:`update_states`), as in the evaluate module.
 
     Example:
         >>> analyzer = Analyzer(adapter, AnalysisConfig(), num_classes=10)     # doctest: +SKIP
@@ -102,20 +112,39 @@ class Analyzer:
         >>> report = analyzer.report()                                         # doctest: +SKIP
     """
 
-    def __init__(self, adapter: ModelAdapter, config: AnalysisConfig | None = None,
+    #: the reported model name of an analysis without a model source
+    STATES_ONLY = "layer_states"
+
+    def __init__(self, adapter: ModelSource | None = None, config: AnalysisConfig | None = None,
                  num_classes: int | None = None) -> None:
         self.adapter = adapter
         self.config = config or AnalysisConfig()
         self.num_classes = num_classes
-        if self.config.needs_attentions and not adapter.attentions:
+        if adapter is not None and self.config.needs_attentions and not adapter.attentions:
             raise ValueError(f"{adapter.name} was loaded without attentions but attention metrics were requested")
-        self.accumulators = build_accumulators(self.config, num_classes)
-        self.num_images = torch.zeros(1, dtype=torch.float64, device=adapter.device)
+        self._accumulators = build_accumulators(self.config, num_classes)
+        self.num_images = 0
         self.seconds = 0.0
 
+    @property
+    def name(self) -> str:
+        return self.STATES_ONLY if self.adapter is None else self.adapter.name
+
+    @property
+    def num_layers(self) -> int | None:
+        """``L`` as set up from the calibration batch (``None`` before :meth:`setup`)."""
+        return next((a.num_layers for a in self._accumulators.values()), None)
+
+    @property
+    def is_setup(self) -> bool:
+        return all(a.is_setup for a in self._accumulators.values())
+
+    # -- batches -----------------------------------------------------------------------------------------
     def capture(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                 ids: Sequence[object] | None = None) -> LayerStates:
         """Layer states of one batch; ``ids`` (stable example ids) decide each image's split."""
+        if self.adapter is None:
+            raise ValueError("this analysis has no model: pass layer states to setup_states() and update_states()")
         ids = range(len(pixel_values)) if ids is None else ids
         if len(ids) != len(pixel_values) or (labels is not None and len(labels) != len(pixel_values)):
             raise ValueError(f"batch of {len(pixel_values)} images with {len(ids)} ids and "
@@ -124,16 +153,30 @@ class Analyzer:
         states.split_fractions = (self.config.fit_fraction, self.config.val_fraction)
         return states
 
-    @property
-    def is_setup(self) -> bool:
-        return all(a.is_setup for a in self.accumulators.values())
-
     def setup(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Allocate every accumulator from a calibration batch, which must be the same on every process."""
-        states = self.capture(pixel_values[: max(1, self.config.calibration_images)],
-                              None if labels is None else labels[: max(1, self.config.calibration_images)])
-        for acc in self.accumulators.values():
+        count = max(1, self.config.calibration_images)
+        self.setup_states(self.capture(pixel_values[:count], None if labels is None else labels[:count]))
+
+    def setup_states(self, states: LayerStates) -> None:
+        """:meth:`setup` from the layer states of a calibration batch (its first ``calibration_images`` images)."""
+        states = states.head(max(1, self.config.calibration_images))
+        for acc in self._accumulators.values():
             acc.setup(states)
+
+    def calibration(self) -> dict[str, Any]:
+        """What :meth:`setup` fixed (random projections, target scaling, shifts), with the configuration: process
+        0 shares it so that every process adopts the same calibration (:meth:`load_calibration`)."""
+        return {"config": asdict(self.config), "num_classes": self.num_classes,
+                "fixed": {name: acc.fixed_states() for name, acc in self._accumulators.items()}}
+
+    def load_calibration(self, calibration: dict[str, Any]) -> None:
+        """Adopt another analyzer's :meth:`calibration` (same configuration and model) right after
+        :meth:`setup`; a ``ValueError`` if its states do not fit this one's."""
+        if calibration["config"] != asdict(self.config) or calibration["num_classes"] != self.num_classes:
+            raise ValueError("the calibration was made with another configuration")
+        for name, acc in self._accumulators.items():
+            acc.load_fixed_states(calibration["fixed"][name])
 
     def update(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                ids: Sequence[object] | None = None) -> None:
@@ -145,14 +188,21 @@ class Analyzer:
     def update_states(self, states: LayerStates) -> None:
         if not self.is_setup:
             raise RuntimeError("call setup() with a calibration batch before update()")
-        for acc in self.accumulators.values():
+        for acc in self._accumulators.values():
             acc.update(states)
         self.num_images += states.batch_size
 
+    def flush(self) -> None:
+        """Fold the work the accumulators buffer across batches into their states (merge, sync, state_dict
+        and report do it themselves; this is for timing that work)."""
+        for acc in self._accumulators.values():
+            acc.flush()
+
+    # -- combination and persistence ---------------------------------------------------------------------
     def merge(self, other: Analyzer) -> Analyzer:
-        for name, acc in self.accumulators.items():
-            acc.merge(other.accumulators[name])
-        self.num_images += other.num_images.to(self.num_images.device)
+        for name, acc in self._accumulators.items():
+            acc.merge(other._accumulators[name])
+        self.num_images += other.num_images
         return self
 
     def sync(self, accelerator: Any) -> None:
@@ -167,21 +217,23 @@ class Analyzer:
         def all_gather(obj: Any) -> list[Any]:
             return gather_object([obj])
 
-        for acc in self.accumulators.values():
+        for acc in self._accumulators.values():
             acc.sync(all_reduce, all_gather)
-        self.num_images = all_reduce(self.num_images)
+        count = torch.tensor([float(self.num_images)], dtype=torch.float64, device=accelerator.device)
+        self.num_images = int(all_reduce(count).item())
 
     def state_dict(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "num_classes": self.num_classes, "num_images": self.num_images,
-                "accumulators": {name: acc.state_dict() for name, acc in self.accumulators.items()}}
+                "accumulators": {name: acc.state_dict() for name, acc in self._accumulators.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["config"] != asdict(self.config) or state["num_classes"] != self.num_classes:
             raise ValueError("the saved analysis was made with another configuration; start afresh (--overwrite)")
-        self.num_images = state["num_images"].to(self.adapter.device)
-        for name, acc in self.accumulators.items():
+        self.num_images = int(state["num_images"])
+        for name, acc in self._accumulators.items():
             acc.load_state_dict(state["accumulators"][name])
 
+    # -- results -----------------------------------------------------------------------------------------
     def report(self, **provenance: Any) -> Report:
         """Finalise every metric into a :class:`~hf_isi.report.Report` (pure: the states are unchanged)."""
         start = time.perf_counter()
@@ -189,36 +241,29 @@ class Analyzer:
         scalars: dict[str, Any] = {}
         per_head: dict[str, Any] = {}
         seconds_by_metric: dict[str, float] = {}
-        for name, acc in self.accumulators.items():
+        for name, acc in self._accumulators.items():
             began = time.perf_counter()
-            columns.update(acc.compute())
+            computed, heads = acc.compute(), acc.per_head()
+            undeclared = set(computed).union(heads) - {c for f in acc.families
+                                                       for c in (*f.all_columns, *f.per_head_columns)}
+            if undeclared:
+                raise RuntimeError(f"{name} computed columns its MetricFamily does not declare: {sorted(undeclared)}")
+            columns.update(computed)
+            per_head.update(heads)
             scalars.update(acc.scalars())
-            if isinstance(acc, AttentionAccumulator):
-                per_head.update(acc.per_head())
             # finalising is not always cheap (the ISI's eigendecompositions: minutes on CPU at isi_dim=16)
             seconds_by_metric[name] = round(time.perf_counter() - began, 3)
-            logger.info("%s: %s finalised in %.1f s", self.adapter.name, name, seconds_by_metric[name])
-        num_layers = next(a.num_layers for a in self.accumulators.values()) if self.accumulators else 0
-        info = {**self.adapter.provenance(), **_library_versions(), "metrics": list(self.config.metrics),
+            logger.info("%s: %s finalised in %.1f s", self.name, name, seconds_by_metric[name])
+        source = self.adapter.provenance() if self.adapter is not None else \
+            {"model": self.name, "source": "precomputed layer states"}
+        info = {**source, **{f"{k}_version": v for k, v in library_versions().items()}, "metrics": list(self.config.metrics),
                 "config": asdict(self.config), "num_classes": self.num_classes,
                 "seconds_forward_and_accumulate": round(self.seconds, 3),
                 "seconds_finalise": round(time.perf_counter() - start, 3),
                 "seconds_finalise_by_metric": seconds_by_metric, **provenance}
-        return Report.from_columns(self.adapter.name, columns, num_layers=num_layers,
-                                   num_images=int(self.num_images.item()), scalars=scalars, provenance=info,
+        return Report.from_columns(self.name, columns, num_layers=self.num_layers or 0,
+                                   num_images=self.num_images, scalars=scalars, provenance=info,
                                    per_head=per_head, phase_curve=self.config.phase_curve)
-
-
-def _library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for lib in ("hf_isi", "torch", "transformers", "datasets", "accelerate", "numpy"):
-        try:
-            out[f"{lib}_version"] = md.version(lib)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def analyze(
@@ -230,7 +275,7 @@ def analyze(
     ids: Sequence[object] | None = None,
     num_classes: int | None = None,
     batch_size: int = 32,
-    dtype: str = "float32",
+    dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> Report:
@@ -243,6 +288,8 @@ def analyze(
         labels: integer class labels (enable the probes and Neural Collapse).
         config: what to compute (:class:`AnalysisConfig`).
         ids: stable example ids (default: the positions); they decide the fit/val/test split.
+        dtype, device: of the forward pass (default: float32 for a checkpoint, a loaded model's own dtype, and
+            the model's device); a loaded model or adapter is converted in place.
 
     Returns:
         A :class:`~hf_isi.report.Report` with the per-layer table, the phases and the provenance.
@@ -258,10 +305,9 @@ def analyze(
     from . import data
 
     config = config or AnalysisConfig()
-    adapter = load_model(model, attentions=config.needs_attentions, dtype=dtype, device=device) \
-        if not isinstance(model, ModelAdapter) else model
-    if device is not None and adapter.device != torch.device(device):
-        adapter.model.to(device)
+    # an adapter without attentions meets the Analyzer's own, clearer refusal of attention metrics
+    adapter = load_model(model, attentions=None if isinstance(model, ModelAdapter) else config.needs_attentions,
+                         dtype=dtype, device=device)
     n = len(images)
     if n == 0:
         raise ValueError("no images to analyse")

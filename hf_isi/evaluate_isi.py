@@ -30,7 +30,14 @@ import torch
 from .engine import ALL_METRICS, AnalysisConfig, Analyzer
 from .models import ModelAdapter, load_model
 from .report import METRIC_COLUMNS, PER_HEAD_COLUMNS, PHASE_CURVES
-from .states import LayerStates, TokenLayout, all_finite, example_keys
+from .states import (
+    LayerStates,
+    TokenLayout,
+    all_finite,
+    example_keys,
+    layer_states_from_outputs,
+    patch_token_sequence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -239,40 +246,6 @@ def _finite(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contain NaN or inf")
 
 
-def _slice_states(states: LayerStates, count: int) -> LayerStates:
-    """The first ``count`` images of a batch (attention rows per image kept together for windowed models)."""
-    b = states.batch_size
-    if count >= b:
-        return states
-
-    def rows(t: torch.Tensor) -> torch.Tensor:
-        return t[: count * (t.shape[0] // b)]
-
-    return replace(
-        states,
-        patch_embeddings=states.patch_embeddings[:count],
-        hidden_states=tuple(h[:count] for h in states.hidden_states),
-        attentions=None if states.attentions is None else tuple(rows(a) for a in states.attentions),
-        attention_residuals=None if states.attention_residuals is None
-        else tuple((rows(x), rows(y)) for x, y in states.attention_residuals),
-        labels=None if states.labels is None else states.labels[:count],
-        keys=states.keys[:count],
-    )
-
-
-class _StatesSource:
-    """What :class:`hf_isi.Analyzer` needs of an adapter when batches arrive as precomputed layer states."""
-
-    name = "layer_states"
-    attentions = True
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def provenance(self) -> dict[str, Any]:
-        return {"model": self.name, "source": "precomputed layer states (hf_isi evaluate module)"}
-
-
 def _curve(values: Any) -> list[float | None]:
     return [float(v) if v is not None and math.isfinite(float(v)) else None for v in values]
 
@@ -297,6 +270,8 @@ def _unbatched(x: Any) -> Any:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Isi(evaluate.Metric):
     """The Information Scrambling Index of a vision transformer, layer by layer (see the module docstring)."""
+
+    config_name: str  # set by evaluate.Metric: "reconstruction", "attention" or "full"
 
     def __init__(self, config_name: str | None = None, *, isi_dim: int | None = None,
                  calibration_images: int | None = None, num_classes: int | None = None,
@@ -409,8 +384,7 @@ class Isi(evaluate.Metric):
             path = self._state_path(process_id)
             other = Analyzer(self._analyzer.adapter, self._analyzer.config, self._analyzer.num_classes)
             try:
-                other.load_state_dict(torch.load(path, map_location=self._analyzer.num_images.device,
-                                                 weights_only=True))
+                other.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             except FileNotFoundError:
                 raise ValueError(f"process {process_id} left no ISI state at {path}: every process must add at "
                                  "least one batch and call compute()") from None
@@ -490,7 +464,13 @@ class Isi(evaluate.Metric):
 
         if hidden is not None and len(hidden) < 2:
             raise ValueError(f"hidden_states must hold L + 1 >= 2 layers (embeddings and every block), got {len(hidden)}")
-        num_layers = len(hidden) - 1 if hidden is not None else len(attn)  # type: ignore[arg-type]
+        # the attention tensors of the first block: the layout of an attention-only batch comes from them
+        first_attention = None if attn is None else (res[0][0] if res else attn[0])
+        if hidden is not None:
+            num_layers = len(hidden) - 1
+        else:
+            assert attn is not None  # every config needs hidden states or attentions (checked above)
+            num_layers = len(attn)
         if attn is not None and len(attn) != num_layers:
             raise ValueError(f"{len(attn)} attention tensors for {num_layers} blocks (hidden_states has "
                              f"{num_layers + 1} entries): pass one per block")
@@ -499,10 +479,8 @@ class Isi(evaluate.Metric):
 
         z0 = None
         if patch_embeddings is not None:
-            z0 = _tensor(patch_embeddings, "patch_embeddings")
-            if z0.ndim == 4:  # a conv patch embedder's map [B, D, h, w] (CLIP)
-                patch_grid = patch_grid or (int(z0.shape[2]), int(z0.shape[3]))
-                z0 = z0.flatten(2).transpose(1, 2)
+            z0, conv_grid = patch_token_sequence(_tensor(patch_embeddings, "patch_embeddings"))
+            patch_grid = patch_grid or conv_grid
             if z0.ndim != 3:
                 raise ValueError(f"patch_embeddings must be [B, N, D0] (or a [B, D0, h, w] conv map), got {_shape(z0)}")
 
@@ -514,10 +492,9 @@ class Isi(evaluate.Metric):
             for i, h in enumerate(hidden):
                 sizes[f"hidden_states[{i}]"] = h.shape[0]
         batch = next(iter(sizes.values())) if sizes else None
-        if attn is not None:
+        if attn is not None and first_attention is not None:
             if batch is None:
-                batch = res[0][0].shape[0] if res else attn[0].shape[0]  # type: ignore[index]
-                sizes["attention_residuals[0]"] = batch
+                batch = sizes["attention_residuals[0]"] = first_attention.shape[0]
             for i, a in enumerate(attn):
                 if a.shape[0] % batch:
                     sizes[f"attentions[{i}]"] = a.shape[0]
@@ -540,42 +517,26 @@ class Isi(evaluate.Metric):
         if batch == 0:
             raise ValueError("empty batch")
 
-        # layout
-        if hidden is not None and z0 is not None:
-            n, t0 = z0.shape[1], hidden[0].shape[1]
-        else:  # attention config without z0/hidden states: patches = tokens - prefix
-            t0 = (res[0][0] if res else attn[0]).shape[-2]  # type: ignore[index]
+        if z0 is None or hidden is None:
+            # attention config without z0/hidden states: patches = tokens - prefix; the attention accumulator
+            # reads only the batch size and the layer count from these stand-ins
+            assert first_attention is not None
+            t0, dev = first_attention.shape[-2], first_attention.device
             n = t0 - (1 if num_prefix_tokens is None else int(num_prefix_tokens))
-        prefix = t0 - n if num_prefix_tokens is None else int(num_prefix_tokens)
-        if prefix < 0 or (hidden is not None and z0 is not None and prefix != t0 - n):
-            raise ValueError(f"hidden_states[0] has {t0} tokens and patch_embeddings {n} patches: num_prefix_tokens "
-                             f"must be {t0 - n}" + (" (more patches than tokens?)" if t0 < n else ""))
-        if patch_grid is None:
-            side = math.isqrt(n)
-            if side * side != n and attn is not None:
-                raise ValueError(f"{n} patches do not form a square grid: pass patch_grid=(rows, cols)")
-            patch_grid = (side, side) if side * side == n else (1, n)
-        patch_grid = (int(patch_grid[0]), int(patch_grid[1]))
-        if patch_grid[0] * patch_grid[1] != n:
-            raise ValueError(f"patch_grid {patch_grid} does not hold the {n} patches")
-        ps = (1, 1) if patch_size is None else (int(patch_size[0]), int(patch_size[1]))
-        layout = TokenLayout(prefix, 0 if prefix > 0 else None, patch_grid, ps)
-
-        if z0 is None:  # the attention accumulator reads only the batch size and the layer count from these
-            dev = attn[0].device  # type: ignore[index]
-            z0 = torch.zeros(batch, n, 0, device=dev)
+            z0 = torch.zeros(batch, max(n, 0), 0, device=dev)
             hidden = hidden or tuple(torch.zeros(batch, t0, 0, device=dev) for _ in range(num_layers + 1))
+        n = z0.shape[1]
+        if patch_grid is None and attn is not None and math.isqrt(n) ** 2 != n:
+            raise ValueError(f"{n} patches do not form a square grid: pass patch_grid=(rows, cols)")
         _finite(z0, "patch_embeddings")
-        for i, h in enumerate(hidden):  # type: ignore[arg-type]
+        for i, h in enumerate(hidden):
             _finite(h, f"hidden_states[{i}]")
-        pe = None
-        if position_embeddings is not None:
-            pe = _tensor(position_embeddings, "position_embeddings")
-            pe = pe.reshape(-1, pe.shape[-1])[-n:]
-        keys = example_keys(self._ids(ids, batch), self.analysis_config.seed)
-        return LayerStates(
-            patch_embeddings=z0, hidden_states=hidden, layout=layout, attentions=attn,  # type: ignore[arg-type]
-            attention_residuals=res, labels=label_t, keys=keys, position_embeddings=pe,
+        return layer_states_from_outputs(
+            z0, hidden, num_prefix_tokens=num_prefix_tokens, patch_grid=patch_grid,
+            patch_size=(1, 1) if patch_size is None else patch_size, attentions=attn, attention_residuals=res,
+            labels=label_t, keys=example_keys(self._ids(ids, batch), self.analysis_config.seed),
+            position_embeddings=None if position_embeddings is None
+            else _tensor(position_embeddings, "position_embeddings"),
             split_fractions=(self.analysis_config.fit_fraction, self.analysis_config.val_fraction),
         )
 
@@ -605,7 +566,7 @@ class Isi(evaluate.Metric):
             metrics.remove("attention")
         return metrics
 
-    def _new_analyzer(self, source: Any, states: LayerStates | None, labels: torch.Tensor | None,
+    def _new_analyzer(self, source: ModelAdapter | None, states: LayerStates | None, labels: torch.Tensor | None,
                       shared: dict[str, Any] | None) -> Analyzer:
         config = self.analysis_config
         if shared is not None:
@@ -632,9 +593,8 @@ class Isi(evaluate.Metric):
         recorded = False
         if self._analyzer is None:
             shared, recorded = self._rendezvous(states.keys)
-            self._analyzer = self._new_analyzer(_StatesSource(states.device), states, states.labels, shared)
-            for acc in self._analyzer.accumulators.values():
-                acc.setup(_slice_states(states, max(1, self._analyzer.config.calibration_images)))
+            self._analyzer = self._new_analyzer(None, states, states.labels, shared)
+            self._analyzer.setup_states(states)
             self._layout = states.layout
             self._share_calibration(shared)
         elif isinstance(self._analyzer.adapter, ModelAdapter):
@@ -679,9 +639,10 @@ class Isi(evaluate.Metric):
             self._analyzer.setup(pixels[:c], None if label_t is None else label_t[:c])
             self._share_calibration(shared)
         else:
-            adapter = self._analyzer.adapter
-            if not isinstance(adapter, ModelAdapter):
+            source = self._analyzer.adapter
+            if not isinstance(source, ModelAdapter):
                 raise ValueError("this computation started with model outputs; do not mix in model= and pixel_values=")
+            adapter = source
             if model is not adapter and model is not adapter.model and not (
                     isinstance(model, (str, os.PathLike)) and str(model) == str(self._model_ref)):
                 raise ValueError("a different model was passed than in the first batch of this computation")
@@ -695,8 +656,7 @@ class Isi(evaluate.Metric):
 
     def _check_batch(self, states: LayerStates) -> None:
         assert self._analyzer is not None and self._layout is not None
-        first = next(iter(self._analyzer.accumulators.values()), None)
-        layers = first.num_layers if first is not None else states.num_layers
+        layers = self._analyzer.num_layers if self._analyzer.num_layers is not None else states.num_layers
         if states.num_layers != layers or states.layout != self._layout:
             raise ValueError(
                 f"this batch has {states.num_layers} blocks and layout {states.layout}, but the first batch had "
@@ -737,30 +697,20 @@ class Isi(evaluate.Metric):
         return shared, True
 
     def _share_calibration(self, shared: dict[str, Any] | None) -> None:
-        """After setup: process 0 publishes its fixed states (projections, target scaling, shifts); the other
-        processes replace theirs with them, so every process uses process 0's calibration batch."""
+        """After setup: process 0 publishes its calibration (projections, target scaling, shifts); the other
+        processes adopt it, so every process uses process 0's calibration batch."""
         assert self._analyzer is not None
         if self.num_process == 1:
             return
-        accs = self._analyzer.accumulators
         if self.process_id == 0:
-            fixed = {name: {k: v for k, (red, v) in acc.state_dict()["states"].items() if red == "fixed"}
-                     for name, acc in accs.items()}
-            self._save(self._calibration_path(), {"config": asdict(self._analyzer.config),
-                                                  "num_classes": self._analyzer.num_classes, "fixed": fixed})
+            self._save(self._calibration_path(), self._analyzer.calibration())
             return
         assert shared is not None
-        for name, acc in accs.items():
-            state = acc.state_dict()
-            for k, v in shared["fixed"][name].items():
-                mine = state["states"][k][1]
-                if [t.shape for t in (mine if isinstance(mine, list) else [mine])] != \
-                        [t.shape for t in (v if isinstance(v, list) else [v])]:
-                    raise ValueError(f"process {self.process_id}'s batches do not match process 0's ({name}.{k} "
-                                     "shapes differ): every process must run the same model")
-                dev = (mine[0] if isinstance(mine, list) else mine).device
-                state["states"][k] = ("fixed", [t.to(dev) for t in v] if isinstance(v, list) else v.to(dev))
-            acc.load_state_dict(state)
+        try:
+            self._analyzer.load_calibration(shared)
+        except ValueError as err:
+            raise ValueError(f"process {self.process_id}'s batches do not match process 0's ({err}): every process "
+                             "must run the same model") from None
 
 
 #: doctest entry point: the shims re-export it, so ``doctest.testmod(<shim module>)`` runs the examples

@@ -11,20 +11,15 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .metrics.registry import FAMILIES
 from .phases import PhaseFit, fit_phases, tradeoff_layer
 
-#: the per-layer metric columns, in table order; every report has all of them (missing = null)
-METRIC_COLUMNS: tuple[str, ...] = (
-    "centered_similarity",
-    "isi", "isi_r2_self", "isi_r2_all", "isi_normalized",
-    "isi_attention", "attn_residual_cosine", "attn_entropy", "aci", "ccc", "attn_distance",
-    "probe_cls_acc", "probe_mean_acc", "probe_cls_control_acc", "probe_mean_control_acc",
-    "probe_cls_selectivity", "probe_mean_selectivity",
-    "nc1_cls", "nc1_mean", "nc2_cls", "nc2_mean", "nc3_cls", "nc3_mean", "nc4_cls", "nc4_mean",
-    "isi_penalty_self", "isi_penalty_all", "probe_cls_penalty", "probe_mean_penalty",
-)
-PER_HEAD_COLUMNS: tuple[str, ...] = ("attn_entropy_per_head", "ccc_per_head", "aci_per_head",
-                                     "attn_distance_per_head")
+#: the per-layer metric columns, in table order: every family's metric columns, then their tuning columns
+#: (chosen penalties); every report has all of them (missing = null)
+METRIC_COLUMNS: tuple[str, ...] = (*(c for f in FAMILIES.values() for c in f.columns),
+                                   *(c for f in FAMILIES.values() for c in f.tuning_columns))
+#: the per-layer per-head columns (a list of per-head values per layer, or null)
+PER_HEAD_COLUMNS: tuple[str, ...] = tuple(c for f in FAMILIES.values() for c in f.per_head_columns)
 #: curves whose Cliff/Plateau/Climb phases are fitted and reported
 PHASE_CURVES: tuple[str, ...] = ("centered_similarity", "isi", "isi_attention", "attn_entropy", "aci", "ccc",
                                  "probe_cls_acc", "probe_mean_acc")

@@ -8,7 +8,8 @@ the final LayerNorm). Metrics never ask which model family produced a batch; the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,6 +40,9 @@ class TokenLayout:
         return self.patch_grid[0] * self.patch_grid[1]
 
 
+_NO_KEYS = torch.empty(0, dtype=torch.int64)  # LayerStates' default keys: replaced by those of 0..B-1
+
+
 @dataclass
 class LayerStates:
     """One batch of layer states, as produced by :class:`hf_isi.ModelAdapter` (or built by hand).
@@ -53,7 +57,8 @@ class LayerStates:
             right after it, each ``[B', T', D']``; ``None`` when not captured.
         labels: class labels ``[B]`` (int64) or ``None``.
         keys: per-image 64-bit hash keys ``[B]`` derived from stable example ids; they decide the
-            fit/val/test split and the order of bounded test-feature reservoirs.
+            fit/val/test split and the order of bounded test-feature reservoirs (default, or ``None``: the
+            keys of the ids ``0..B-1``).
         final_norm: the model's final LayerNorm (for probes on normalised features), if it has one.
         position_embeddings: the absolute position embeddings of the patch positions ``[N, D]`` (prefix rows
             removed), or ``None`` when the model has none.
@@ -66,13 +71,13 @@ class LayerStates:
     attentions: tuple[torch.Tensor, ...] | None = None
     attention_residuals: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
     labels: torch.Tensor | None = None
-    keys: torch.Tensor | None = None
+    keys: torch.Tensor = field(default_factory=lambda: _NO_KEYS)
     final_norm: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     position_embeddings: torch.Tensor | None = field(default=None, repr=False)
     split_fractions: tuple[float, float] = (0.6, 0.2)
 
     def __post_init__(self) -> None:
-        if self.keys is None:
+        if self.keys is None or self.keys is _NO_KEYS:
             self.keys = example_keys(range(self.batch_size))
 
     @property
@@ -111,10 +116,103 @@ class LayerStates:
         """The mean of the patch tokens ``[B, D]``."""
         return self.patch_tokens(layer).mean(dim=1)
 
+    def head(self, count: int) -> LayerStates:
+        """The first ``count`` images of the batch (attention rows per image kept together for windowed models)."""
+        b = self.batch_size
+        if count >= b:
+            return self
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t[: count * (t.shape[0] // b)]
+
+        return replace(
+            self,
+            patch_embeddings=self.patch_embeddings[:count],
+            hidden_states=tuple(h[:count] for h in self.hidden_states),
+            attentions=None if self.attentions is None else tuple(rows(a) for a in self.attentions),
+            attention_residuals=None if self.attention_residuals is None
+            else tuple((rows(x), rows(y)) for x, y in self.attention_residuals),
+            labels=None if self.labels is None else self.labels[:count],
+            keys=self.keys[:count],
+        )
+
     @property
     def split(self) -> torch.Tensor:
         """Per-image split index (0 fit, 1 val, 2 test) from the hash keys."""
         return split_of(self.keys, self.split_fractions).to(self.device)
+
+
+def patch_token_sequence(patch_embeddings: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """``z0`` as tokens ``[B, N, D0]``, and the patch grid when the embedder returned a conv map ``[B, D0, h, w]``
+    (CLIP's plain ``Conv2d``), which is flattened row by row."""
+    if patch_embeddings.ndim == 4:
+        grid = (int(patch_embeddings.shape[2]), int(patch_embeddings.shape[3]))
+        return patch_embeddings.flatten(2).transpose(1, 2), grid
+    return patch_embeddings, None
+
+
+def layer_states_from_outputs(
+    patch_embeddings: torch.Tensor,
+    hidden_states: Sequence[torch.Tensor],
+    *,
+    num_prefix_tokens: int | None = None,
+    patch_grid: tuple[int, int] | None = None,
+    patch_size: tuple[int, int] = (1, 1),
+    attentions: Sequence[torch.Tensor] | None = None,
+    attention_residuals: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    labels: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
+    position_embeddings: torch.Tensor | None = None,
+    final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    split_fractions: tuple[float, float] = (0.6, 0.2),
+) -> LayerStates:
+    """One batch of :class:`LayerStates` from a model's raw outputs (views, no copies).
+
+    Args:
+        patch_embeddings: ``z0`` as the patch embedder returns it: tokens ``[B, N, D0]`` or a conv map
+            ``[B, D0, h, w]`` (see :func:`patch_token_sequence`).
+        hidden_states: ``output_hidden_states``: ``L + 1`` tensors ``[B, T_l, D_l]``.
+        num_prefix_tokens: default ``T_0 - N``; when given it must agree.
+        patch_grid: default: the conv map's grid, else a square grid if ``N`` is a square, else ``(1, N)``;
+            when given it must hold the ``N`` patches.
+        patch_size: pixels per patch (only scales attention distances).
+        position_embeddings: an absolute position table ``[..., D]``; its last ``N`` rows are the patches'.
+        The rest: as in :class:`LayerStates`. The [CLS] token is the first prefix token, if any.
+    """
+    z0, conv_grid = patch_token_sequence(patch_embeddings)
+    n, t0 = z0.shape[1], hidden_states[0].shape[1]
+    if num_prefix_tokens is None:
+        num_prefix_tokens = t0 - n
+    if num_prefix_tokens < 0 or num_prefix_tokens != t0 - n:
+        raise ValueError(f"hidden_states[0] has {t0} tokens and patch_embeddings {n} patches: num_prefix_tokens "
+                         f"must be {t0 - n}" + (" (more patches than tokens?)" if t0 < n else ""))
+    grid = patch_grid or conv_grid or default_patch_grid(n)
+    grid = (int(grid[0]), int(grid[1]))
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"patch_grid {grid} does not hold the {n} patches")
+    pe = None
+    if position_embeddings is not None:
+        pe = position_embeddings.detach().reshape(-1, position_embeddings.shape[-1])[-n:]
+    layout = TokenLayout(num_prefix_tokens, 0 if num_prefix_tokens > 0 else None, grid,
+                         (int(patch_size[0]), int(patch_size[1])))
+    return LayerStates(
+        patch_embeddings=z0,
+        hidden_states=tuple(hidden_states),
+        layout=layout,
+        attentions=None if attentions is None else tuple(attentions),
+        attention_residuals=None if attention_residuals is None else tuple(attention_residuals),
+        labels=labels,
+        keys=_NO_KEYS if keys is None else keys,
+        final_norm=final_norm,
+        position_embeddings=pe,
+        split_fractions=split_fractions,
+    )
+
+
+def default_patch_grid(num_patches: int) -> tuple[int, int]:
+    """A square grid when ``num_patches`` is a square, else one row."""
+    side = math.isqrt(num_patches)
+    return (side, side) if side * side == num_patches else (1, num_patches)
 
 
 _KEY_SCALE = float(2**63)

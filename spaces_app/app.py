@@ -441,8 +441,7 @@ class ImageAnalyzer:
             if entry.has_head:
                 out = adapter.model(pixel_values=pixel_values.to(adapter.device, adapter.dtype))
                 logits = getattr(out, "logits", None)
-        for acc in analyzer.accumulators.values():  # single image: the batch is its own calibration
-            acc.setup(states)
+        analyzer.setup_states(states)  # single image: the batch is its own calibration
         analyzer.update_states(states)
         report = analyzer.report(image_sha256=upload.sha256)
         cls_rows, patch_rows, note = _attention_rows(states)

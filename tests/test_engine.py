@@ -156,3 +156,61 @@ def test_two_process_all_reduce_equals_one_process():
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SYNC_OK rank=0 world=2" in out.stdout and "SYNC_OK rank=1 world=2" in out.stdout
+
+
+def test_registry_declares_every_family_and_column_once():
+    from hf_isi.engine import build_accumulators
+    from hf_isi.metrics.registry import ACCUMULATORS, FAMILIES
+    from hf_isi.report import METRIC_COLUMNS, PER_HEAD_COLUMNS
+
+    assert tuple(FAMILIES) == ("similarity", "isi", "attention", "probes", "collapse", "pe")
+    assert sorted(METRIC_COLUMNS) == sorted(c for f in FAMILIES.values() for c in f.all_columns)
+    assert PER_HEAD_COLUMNS == FAMILIES["attention"].per_head_columns
+    assert len(set(TABLE_COLUMNS)) == len(TABLE_COLUMNS)
+    assert {cls.name for cls in ACCUMULATORS} == {"similarity", "isi", "attention", "probes", "pe"}
+    # probes and collapse share one accumulator, built once for either or both
+    for metrics in (["probes"], ["collapse"], ["probes", "collapse"]):
+        accs = build_accumulators(AnalysisConfig(metrics=metrics), num_classes=3)
+        assert list(accs) == ["probes"]
+        assert (accs["probes"].want_probes, accs["probes"].want_collapse) == ("probes" in metrics,
+                                                                              "collapse" in metrics)
+    # without labels the families that need them are left out; the capture needs follow the families
+    assert list(build_accumulators(AnalysisConfig(), None)) == ["similarity", "isi", "attention", "pe"]
+    assert AnalysisConfig(metrics=["collapse"]).needs_labels and not AnalysisConfig(metrics=["isi"]).needs_labels
+    assert AnalysisConfig(metrics=["attention"]).needs_attentions and not AnalysisConfig(metrics=["pe"]).needs_attentions
+
+
+def test_one_family_of_a_shared_accumulator_reports_only_its_columns():
+    pixels, labels = data(60)
+    report = analyze(tiny_vit(), pixels, labels, config=AnalysisConfig(metrics=["collapse"]))
+    assert report.table["nc1_mean"].notna().any() and report.table["probe_mean_acc"].isna().all()
+    assert report.table["probe_mean_penalty"].isna().all() and report.table["centered_similarity"].isna().all()
+
+
+def test_states_only_analyzer_and_shared_calibration_equal_the_model_analyzer():
+    """The Analyzer without a model source (fed layer states) and one that adopts another's calibration give
+    the numbers of the plain model Analyzer."""
+    pixels, labels = data(90)
+    adapter = ModelAdapter(tiny_vit())
+    config = AnalysisConfig(calibration_images=30)
+    reference = Analyzer(adapter, config, num_classes=3)
+    reference.setup(pixels, labels)
+    reference.update(pixels, labels, ids=range(90))
+
+    states_only = Analyzer(None, config, num_classes=3)
+    states_only.setup_states(reference.capture(pixels, labels))  # sliced to the 30 calibration images
+    states_only.update_states(reference.capture(pixels, labels, ids=range(90)))
+    with pytest.raises(ValueError, match="no model"):
+        states_only.capture(pixels)
+
+    other = Analyzer(adapter, config, num_classes=3)
+    other.setup(pixels[30:], labels[30:])  # another calibration batch...
+    other.load_calibration(reference.calibration())  # ...replaced by the reference's
+    other.update(pixels, labels, ids=range(90))
+
+    for analyzer in (states_only, other):
+        report = analyzer.report()
+        assert_columns_close(reference.report().table, report.table, "exact")
+    assert states_only.report().model == Analyzer.STATES_ONLY
+    with pytest.raises(ValueError, match="another configuration"):
+        Analyzer(adapter, AnalysisConfig(isi_dim=4), num_classes=3).load_calibration(reference.calibration())

@@ -156,11 +156,12 @@ def test_blocked_gram_sums_match_numpy(monkeypatch, precision):
     monkeypatch.setattr(isi, "_MIN_GRAM_BLOCK", 8)  # P = 9 positions x 4 dims = 36 columns -> 4 blocks
     states = mixing_states(n_images=90, grid=(3, 3), dim=6, layers=2, seed=11)
     acc = ReconstructionISIAccumulator(dim=4, seed=3, precision=precision)
-    acc.buffer_images = 40  # flushes at 40, 80 and on reading
+    acc.buffer_images = 40  # flushes when full and when flush() is called
     acc.setup(states)
     for lo in range(0, 90, 25):
         acc.update(LayerStates(states.patch_embeddings[lo:lo + 25], tuple(h[lo:lo + 25] for h in states.hidden_states),
                                states.layout, keys=states.keys[lo:lo + 25]))
+    acc.flush()  # xx and xy are plain states: the last buffered rows are added explicitly (issue 17)
     assert len(isi._block_bounds(acc.xx[0].shape[-1])) == 4
     reference = ReconstructionISIAccumulator(dim=4, seed=3)  # float64 projections of the same rows
     reference.setup(states)

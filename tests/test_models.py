@@ -192,3 +192,67 @@ def test_all_finite_matches_numpy(dtype):
         t = t.to(dtype)
         assert all_finite(t) == bool(np.isfinite(t.double().numpy()).all())
     assert all_finite(torch.arange(5))  # integers are always finite
+
+
+def test_anatomy_is_resolved_once_and_names_override_it(saved, monkeypatch):
+    from hf_isi.models import ModuleNames
+
+    adapter = ModelAdapter.from_pretrained(saved["vit"])
+    pixels = torch.randn(2, 3, 32, 32)
+    expected = adapter.capture(pixels)
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("capture() searched the module tree")
+
+    from hf_isi import models
+
+    for helper in ("_attention_norms", "_recorded_class", "_is_norm"):  # the search helpers, used in __init__ only
+        monkeypatch.setattr(models, helper, no_walk)
+    for method in ("_embedder", "_layer_modules", "_norm_pairs", "_final_norm", "_position_parameter"):
+        monkeypatch.setattr(ModelAdapter, method, no_walk)
+    states = adapter.capture(pixels)
+    torch.testing.assert_close(states.attention_residuals[1][1], expected.attention_residuals[1][1])
+    torch.testing.assert_close(states.position_embeddings, expected.position_embeddings)
+    monkeypatch.undo()
+
+    names = ModuleNames(embedder="embeddings.patch_embeddings", layers="layers",
+                        attention_norms=("layernorm_before", "layernorm_after"), final_norm="layernorm",
+                        position_embeddings="embeddings.position_embeddings")
+    named = ModelAdapter(adapter.model, names=names)
+    assert named.embedder is adapter.embedder and named.final_norm is adapter.final_norm
+    assert named.norm_pairs == adapter.norm_pairs and named.layer_modules == adapter.layer_modules
+    assert named.position_embeddings() is adapter.position_embeddings()
+    states = named.capture(pixels)
+    for a, b in zip(states.attention_residuals, expected.attention_residuals):
+        torch.testing.assert_close(a, b)
+    # "" says the model has none; unknown names are one-line ModelErrors that name the field
+    assert ModelAdapter(adapter.model, names=ModuleNames(position_embeddings="")).capture(
+        pixels).position_embeddings is None
+    for bad, field in ((ModuleNames(layers="encoder.blocks"), "layers"),
+                       (ModuleNames(attention_norms=("norm1", "norm2")), "attention_norms"),
+                       (ModuleNames(position_embeddings="embeddings.pos"), "position_embeddings")):
+        with pytest.raises(ModelError, match=rf"ModuleNames\.{field}"):
+            ModelAdapter(adapter.model, names=bad)
+
+
+def test_load_model_applies_or_refuses_its_arguments(saved):
+    from hf_isi.models import DTYPES, load_model
+
+    assert DTYPES["bf16"] is torch.bfloat16  # still importable from hf_isi.models
+    model = tf.AutoModel.from_pretrained(saved["vit"])
+    adapter = load_model(model, dtype="bf16", device="cpu", attentions=False)
+    assert adapter.dtype == torch.bfloat16 and adapter.device == torch.device("cpu") and not adapter.attentions
+    assert load_model(adapter, dtype=torch.float32).dtype == torch.float32  # an adapter's model, in place
+    assert load_model(adapter) is adapter
+    with pytest.raises(ValueError, match="revision"):
+        load_model(model, revision="main")
+    with pytest.raises(ValueError, match="without attentions"):
+        load_model(adapter, attentions=True)
+    with pytest.raises(ValueError, match="name configure a new adapter"):
+        load_model(adapter, name="other")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_model(model, dtype="int8")
+    # analyze keeps a loaded model's dtype unless asked
+    half = tf.AutoModel.from_pretrained(saved["vit"]).to(torch.bfloat16)
+    report = analyze(half, torch.randn(8, 3, 32, 32), config=AnalysisConfig(metrics=["similarity"]))
+    assert report.provenance["dtype"] == "bfloat16"

@@ -7,22 +7,32 @@ streams per-head sums of their outputs.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..states import LayerStates, TokenLayout
 from ._scratch import Scratch, compute_dtype
-from .base import Accumulator, float64_zeros
+from .base import Accumulator, MetricFamily, PerHead, float64_zeros
+
+if TYPE_CHECKING:
+    from ..engine import AnalysisConfig
 
 _EPS = 1e-12
 _ROW_SUM_TOLERANCE = 1e-3
 _LN2 = math.log(2.0)
 
+FAMILY = MetricFamily(
+    "attention",
+    columns=("isi_attention", "attn_residual_cosine", "attn_entropy", "aci", "ccc", "attn_distance"),
+    per_head_columns=("attn_entropy_per_head", "ccc_per_head", "aci_per_head", "attn_distance_per_head"),
+    requires=("attentions", "attention_residuals"),
+)
 #: scalar columns of :meth:`AttentionAccumulator.compute`
-COLUMNS = ("attn_entropy", "attn_residual_cosine", "isi_attention", "ccc", "aci", "attn_distance")
+COLUMNS = FAMILY.columns
 #: keys of :meth:`AttentionAccumulator.per_head`
-PER_HEAD = ("attn_entropy_per_head", "ccc_per_head", "aci_per_head", "attn_distance_per_head")
+PER_HEAD = FAMILY.per_head_columns
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
@@ -325,13 +335,27 @@ class AttentionAccumulator(Accumulator):
     unknown (``T_q != T_k``, a non-square window) get no distance (NaN).
     """
 
-    name = "attention"
-    requires = ("attentions", "attention_residuals")
+    families = (FAMILY,)
+    # states (registered by setup): per-layer per-head sums [H_l] and per-layer counts [L]
+    entropy_sum: list[torch.Tensor]
+    ccc_sum: list[torch.Tensor]
+    aci_sum: list[torch.Tensor]
+    dist_sum: list[torch.Tensor]
+    maps: torch.Tensor
+    ccc_maps: torch.Tensor
+    dist_maps: torch.Tensor
+    cos_sum: torch.Tensor
+    cos_count: torch.Tensor
 
     def __init__(self, precision: str = "float64") -> None:
         super().__init__()
         self.precision, self.dtype = precision, compute_dtype(precision)
         self._scratch = Scratch()  # reusable CPU buffers, not state
+
+    @classmethod
+    def from_config(cls, config: AnalysisConfig, num_classes: int | None,
+                    families: frozenset[str]) -> AttentionAccumulator:
+        return cls(config.precision)
 
     def setup(self, states: LayerStates) -> None:
         super().setup(states)
@@ -391,7 +415,7 @@ class AttentionAccumulator(Accumulator):
         columns["isi_attention"] = (1 - columns["attn_residual_cosine"]) * columns["attn_entropy"]
         return {name: torch.cat([missing, columns[name]]).numpy() for name in COLUMNS}
 
-    def per_head(self) -> dict[str, list[list[float] | None]]:
+    def per_head(self) -> PerHead:
         """Per-head curves over layers ``-1..L``: per layer, the per-head values or ``None`` if missing."""
         out = {}
         for name, values in self._per_head().items():

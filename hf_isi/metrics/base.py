@@ -16,14 +16,21 @@ has no mergeable bounded reservoir.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from ..states import LayerStates
 
+if TYPE_CHECKING:  # for annotations only: the engine imports the metrics, never the reverse
+    from ..engine import AnalysisConfig
+
 Reduction = Literal["sum", "fixed"]
+#: what a family needs captured beyond hidden states and ``z0``
+Capture = Literal["attentions", "attention_residuals", "labels"]
+PerHead = dict[str, list[list[float] | None]]
 StateValue = torch.Tensor | list[torch.Tensor]
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
 AllGatherObject = Callable[[Any], list[Any]]
@@ -87,6 +94,7 @@ class Reservoir:
         seq = torch.arange(self._next_seq, self._next_seq + m, dtype=torch.int64)
         self._next_seq += m
         n = self._n
+        entering: slice | torch.Tensor
         if n + m <= self.capacity:
             slots, entering = torch.arange(n, n + m), slice(None)
         else:
@@ -116,17 +124,58 @@ class Reservoir:
         self.add(state["keys"], **state["data"])
 
 
+@dataclass(frozen=True)
+class MetricFamily:
+    """One metric family as the report sees it; declared once, by the accumulator that computes it.
+
+    Attributes:
+        name: the family's name in ``AnalysisConfig.metrics``.
+        columns: the per-layer metric columns it fills, in table order.
+        per_head_columns: per-layer lists of per-head values (:meth:`Accumulator.per_head`).
+        tuning_columns: per-layer hyperparameters it chose (ridge penalties); the table lists them after
+            every family's metric columns.
+        requires: what it needs captured (:data:`Capture`).
+    """
+
+    name: str
+    columns: tuple[str, ...] = ()
+    per_head_columns: tuple[str, ...] = ()
+    tuning_columns: tuple[str, ...] = ()
+    requires: tuple[Capture, ...] = ()
+
+    @property
+    def all_columns(self) -> tuple[str, ...]:
+        return self.columns + self.tuning_columns
+
+
 class Accumulator:
     """Base class of a metric family's streaming state.
 
-    Subclasses implement :meth:`setup` (allocate states from a calibration batch), :meth:`update` (add one
-    batch) and :meth:`compute` (a pure function of the states returning per-layer columns).
+    Subclasses declare :attr:`families` and implement :meth:`setup` (allocate states from a calibration batch),
+    :meth:`update` (add one batch) and :meth:`compute` (a pure function of the states returning per-layer
+    columns); a family that buffers work between batches also implements :meth:`flush`. Registering the class
+    in :mod:`hf_isi.metrics.registry` makes the engine build it and the report list its columns.
     """
 
-    #: metric family name, as used in ``AnalysisConfig.metrics``
-    name: str = ""
-    #: what the family needs captured: any of "attentions", "attention_residuals", "labels"
-    requires: tuple[str, ...] = ()
+    #: the families this accumulator computes: one for most; several when they share statistics (probes and
+    #: neural collapse). Its :attr:`name` and :attr:`requires` follow from them.
+    families: ClassVar[tuple[MetricFamily, ...]] = ()
+    #: the accumulator's key in an analysis (its first family's name)
+    name: ClassVar[str] = ""
+    #: what its families need captured, any of "attentions", "attention_residuals", "labels"
+    requires: ClassVar[tuple[Capture, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.families:
+            cls.name = cls.families[0].name
+            cls.requires = tuple(dict.fromkeys(r for f in cls.families for r in f.requires))
+
+    @classmethod
+    def from_config(cls, config: AnalysisConfig, num_classes: int | None, families: frozenset[str]) -> Accumulator:
+        """The accumulator for an analysis that asks for ``families`` (a non-empty subset of this class's
+        families); ``num_classes`` is set whenever a family requires labels. Override to read options."""
+        return cls()
 
     def __init__(self) -> None:
         self._reductions: dict[str, Reduction] = {}
@@ -156,6 +205,13 @@ class Accumulator:
     def update(self, states: LayerStates) -> None:
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """Fold work buffered by :meth:`update` into the states (default: nothing is buffered).
+
+        :meth:`merge`, :meth:`sync`, :meth:`state_dict` and :meth:`compute` act on flushed states only; the
+        first three flush here, and a family that buffers calls it at the start of its :meth:`compute`.
+        """
+
     def compute(self) -> dict[str, np.ndarray]:
         """Per-layer columns: name -> float array over layers ``-1..L`` (NaN = missing)."""
         raise NotImplementedError
@@ -164,11 +220,18 @@ class Accumulator:
         """Model-level values (not per layer); most families have none."""
         return {}
 
+    def per_head(self) -> PerHead:
+        """Per-head curves over layers ``-1..L`` (per layer: the per-head values, or ``None`` if missing), keyed
+        by the families' ``per_head_columns``; most families have none."""
+        return {}
+
     # -- combination -------------------------------------------------------------------------------------
     def merge(self, other: Accumulator) -> Accumulator:
         """Add ``other``'s states into this one (in place) and return self."""
         if type(other) is not type(self):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        self.flush()
+        other.flush()
         for name, reduction in self._reductions.items():
             mine, theirs = getattr(self, name), getattr(other, name)
             for a, b in zip(_as_list(mine), _as_list(theirs)):
@@ -185,6 +248,7 @@ class Accumulator:
 
     def sync(self, all_reduce: AllReduce, all_gather_object: AllGatherObject) -> None:
         """Make every process hold the global state: all-reduce the sums, gather and merge the reservoirs."""
+        self.flush()
         for name, reduction in self._reductions.items():
             if reduction == "sum":
                 value = getattr(self, name)
@@ -201,6 +265,7 @@ class Accumulator:
 
     # -- persistence (resume) ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        self.flush()
         return {
             "num_layers": self.num_layers,
             "states": {name: (reduction, getattr(self, name)) for name, reduction in self._reductions.items()},
@@ -215,6 +280,23 @@ class Accumulator:
         for name, rstate in state["reservoirs"].items():
             self.add_reservoir(name, rstate["capacity"]).load_state_dict(rstate)
         self.load_extra_state(state["extra"])
+
+    # -- calibration shared across processes --------------------------------------------------------------
+    def fixed_states(self) -> dict[str, StateValue]:
+        """The fixed states set by :meth:`setup` (projections, target scaling, shifts)."""
+        return {name: getattr(self, name) for name, reduction in self._reductions.items() if reduction == "fixed"}
+
+    def load_fixed_states(self, fixed: dict[str, StateValue]) -> None:
+        """Adopt another accumulator's :meth:`fixed_states` (set up from the same model, so shapes agree), e.g.
+        process 0's calibration on every process. Call it right after :meth:`setup`."""
+        for name, value in fixed.items():
+            if self._reductions.get(name) != "fixed":
+                raise ValueError(f"{self.name}.{name} is not a fixed state of this accumulator")
+            mine, theirs = getattr(self, name), _as_list(value)
+            if [t.shape for t in _as_list(mine)] != [t.shape for t in theirs]:
+                raise ValueError(f"{self.name}.{name} shapes differ")
+            moved = [t.to(m.device) for m, t in zip(_as_list(mine), theirs)]
+            setattr(self, name, moved if isinstance(mine, list) else moved[0])
 
     def extra_state(self) -> dict[str, Any]:
         """Plain-Python setup facts (shapes, class counts) a subclass needs to restore; override if any."""

@@ -3,13 +3,18 @@ embeddings from a layer gains from looking at *all* tokens rather than each toke
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..states import FIT, SPLITS, TEST, VAL, LayerStates
 from ._scratch import Scratch, add_product, compute_dtype
-from .base import Accumulator, float64_zeros
+from .base import Accumulator, MetricFamily, float64_zeros
 from .ridge import DEFAULT_PENALTIES, RidgeStats, select_ridge
+
+if TYPE_CHECKING:
+    from ..engine import AnalysisConfig
 
 
 def gaussian_projection(dim: int, k: int, seed: int, salt: int) -> torch.Tensor:
@@ -65,15 +70,31 @@ class ReconstructionISIAccumulator(Accumulator):
     Speed: adding a few images to an ``(N k)^2`` Gram is a rank-few update that reads and writes the whole
     matrix (6.6 GB per batch for ViT-B/16 at ``k = 16``), so it is bound by memory bandwidth, not arithmetic.
     The projected rows of up to :attr:`buffer_images` images are therefore kept (bounded:
-    ``buffer_images * (sum_l N_l k + N k)`` values of the compute dtype) and added in one matrix product per
-    layer and split when the buffer is full, or before anything reads the Gram sums ``xx``/``xy`` (properties
-    that flush first), so the states and every result are those of adding each batch at once, up to summation
-    order. Under ``precision="mixed"`` the projections and those products are float32 (twice the float64 GEMM
+    ``buffer_images * (sum_l N_l k + N k)`` values of the compute dtype) and added by :meth:`flush`, in one
+    matrix product per layer and split, when the buffer is full and before anything reads the Gram sums
+    ``xx``/``xy`` (merge, sync, state_dict, compute), so the states and every result are those of adding each
+    batch at once, up to summation order. Under ``precision="mixed"`` the projections and those products are float32 (twice the float64 GEMM
     rate on CPU) and each product is added to the float64 sums; the buffer is then 4x larger, so that adding
     a float32 product to the float64 sums (a pass over the state) costs little per image.
     """
 
-    name = "isi"
+    families = (MetricFamily(
+        "isi",
+        columns=("isi", "isi_r2_self", "isi_r2_all", "isi_normalized"),
+        tuning_columns=("isi_penalty_self", "isi_penalty_all"),
+    ),)
+    # states (registered by setup); N positions of z0, P_l = N_l k inputs of layer l, Q = N k targets
+    target_mean: torch.Tensor  # fixed [D0]
+    target_scale: torch.Tensor  # fixed [D0]
+    target_projection: torch.Tensor  # fixed [D0, k]
+    input_projections: list[torch.Tensor]  # fixed [D_l, k]
+    input_shifts: list[torch.Tensor]  # fixed [P_l]
+    n: torch.Tensor  # [split]
+    sy: torch.Tensor  # [split, Q]
+    yy: torch.Tensor  # [split, Q]
+    sx: list[torch.Tensor]  # [split, P_l]
+    xx: list[torch.Tensor]  # [split, P_l, P_l]
+    xy: list[torch.Tensor]  # [split, P_l, Q]
 
     def __init__(self, dim: int = 16, penalties: tuple[float, ...] = DEFAULT_PENALTIES, seed: int = 0,
                  precision: str = "float64") -> None:
@@ -90,42 +111,23 @@ class ReconstructionISIAccumulator(Accumulator):
         self._rows_y: torch.Tensor | None = None
         self._rows_split: torch.Tensor | None = None
         self._filled = 0
-        self._lower_stale = False  # xx's lower off-diagonal blocks lag the upper ones (see flush)
         self._scratch = Scratch()  # reusable CPU buffers, not state
+        self.xx, self.xy = [], []  # the Gram sums, registered by setup
 
-    # the Gram sums are read through properties that first add the buffered rows (and complete xx's lower
-    # triangle, see flush)
-    @property
-    def xx(self) -> list[torch.Tensor]:
-        self.flush()
-        if self._lower_stale:
-            for gram in self._xx:
-                _mirror_upper_blocks(gram, _block_bounds(gram.shape[-1]))
-            self._lower_stale = False
-        return self._xx
-
-    @xx.setter
-    def xx(self, value: list[torch.Tensor]) -> None:
-        self._xx = value
-        self._lower_stale = False
-
-    @property
-    def xy(self) -> list[torch.Tensor]:
-        self.flush()
-        return self._xy
-
-    @xy.setter
-    def xy(self, value: list[torch.Tensor]) -> None:
-        self._xy = value
+    @classmethod
+    def from_config(cls, config: AnalysisConfig, num_classes: int | None,
+                    families: frozenset[str]) -> ReconstructionISIAccumulator:
+        return cls(config.isi_dim, tuple(config.isi_penalties), config.seed, config.precision)
 
     def flush(self) -> None:
         """Add the buffered images' rows to the Gram sums (one product per layer, split and block).
 
-        ``x^T x`` is symmetric: only its diagonal and upper blocks are updated here (9/16 of the arithmetic with
-        8 x 8 blocks); the lower blocks are copied from the upper ones when ``xx`` is next read.
+        ``x^T x`` is symmetric: only its diagonal and upper blocks are summed (9/16 of the arithmetic with
+        8 x 8 blocks); the lower blocks of the splits that received rows are then copied from the upper ones.
         """
         if not self._filled:
             return
+        assert self._rows_split is not None and self._rows_y is not None
         filled, self._filled = self._filled, 0
         # rows grouped by split with one gather per layer, then each split is a contiguous slice
         split = self._rows_split[:filled]
@@ -133,20 +135,20 @@ class ReconstructionISIAccumulator(Accumulator):
         ends = torch.cumsum(torch.bincount(split, minlength=len(SPLITS)), 0).tolist()
         ranges = list(zip([0, *ends[:-1]], ends))
         y = self._rows_y[:filled].index_select(0, order)
-        for i in range(len(self._xx)):
+        for i in range(len(self.xx)):
             x = self._rows_x[i][:filled].index_select(0, order)
             bounds = _block_bounds(x.shape[1])
             for s, (lo, hi) in enumerate(ranges):
                 if hi == lo:
                     continue
                 xs, ys = x[lo:hi], y[lo:hi]
-                gram = self._xx[i][s]
+                gram = self.xx[i][s]
                 for j, (r0, r1) in enumerate(bounds):
                     left = xs[:, r0:r1].T
                     for c0, c1 in bounds[j:]:
                         add_product(gram[r0:r1, c0:c1], left, xs[:, c0:c1], self._scratch, "product")
-                add_product(self._xy[i][s], xs.T, ys, self._scratch, "product")
-            self._lower_stale = len(bounds) > 1 or self._lower_stale
+                _mirror_upper_blocks(gram, bounds)
+                add_product(self.xy[i][s], xs.T, ys, self._scratch, "product")
 
     def _reserve(self, rows: int, y: torch.Tensor, xs: list[torch.Tensor]) -> int:
         """Room for ``rows`` more images in the Gram buffer (flushing it first if they do not fit, growing it
@@ -233,6 +235,7 @@ class ReconstructionISIAccumulator(Accumulator):
         # x x^T and x y^T: buffered, added by flush() (see the class docstring)
         rows = y.shape[0]
         lo = self._reserve(rows, y, xs)
+        assert self._rows_y is not None and self._rows_split is not None  # allocated by _reserve
         self._rows_y[lo:lo + rows] = y
         self._rows_split[lo:lo + rows] = split
         for buffer, x in zip(self._rows_x, xs):
@@ -242,7 +245,8 @@ class ReconstructionISIAccumulator(Accumulator):
             self.flush()
 
     def stats(self, index: int, split: int, self_only: bool = False) -> RidgeStats:
-        """The sufficient statistics of one layer and split, for the all-to-all or the self-only problem.
+        """The sufficient statistics of one layer and split, for the all-to-all or the self-only problem
+        (of the flushed sums: :meth:`compute` flushes first).
 
         Self-only: one map ``W`` shared by the ``N`` positions, with a per-position intercept (as the
         all-to-all map has), i.e. ``y_i - mean_fit(y_i) ~ W^T (x_i - mean_fit(x_i))``. Its statistics are those
@@ -261,6 +265,7 @@ class ReconstructionISIAccumulator(Accumulator):
         return RidgeStats(s.n * n, p.sx.sum(0), p.sy.sum(0), p.xx.sum(0), p.xy.sum(0), p.yy.sum(0))
 
     def compute(self) -> dict[str, np.ndarray]:
+        self.flush()
         cols = {c: self.missing_column() for c in
                 ("isi_r2_all", "isi_r2_self", "isi_penalty_all", "isi_penalty_self")}
         for i, tokens in enumerate(self.tokens_per_layer):

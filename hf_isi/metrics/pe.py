@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..states import LayerStates
-from .base import Accumulator, float64_zeros
+from .base import Accumulator, MetricFamily, float64_zeros
 
 
 class PEDominanceAccumulator(Accumulator):
@@ -17,7 +17,11 @@ class PEDominanceAccumulator(Accumulator):
     Model-level values (``scalars()``): ``pe_dominance``, ``pe_norm``, ``patch_embedding_norm``.
     """
 
-    name = "pe"
+    families = (MetricFamily("pe"),)  # model-level values only
+    # states (registered by setup), each [1]
+    pe_norm: torch.Tensor
+    z0_norm_sum: torch.Tensor
+    z0_count: torch.Tensor
 
     def setup(self, states: LayerStates) -> None:
         super().setup(states)

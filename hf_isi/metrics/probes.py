@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from ..states import FIT, SPLITS, TEST, VAL, LayerStates
 from . import collapse
-from .base import Accumulator, float64_zeros
+from .base import Accumulator, MetricFamily, Reservoir, float64_zeros
 from .ridge import DEFAULT_PENALTIES, RidgeFit, RidgeStats, select_ridge
 
+if TYPE_CHECKING:
+    from ..engine import AnalysisConfig
+
 POOLINGS = ("cls", "mean")
+PROBES = MetricFamily(
+    "probes",
+    columns=tuple(f"probe_{p}_{m}" for m in ("acc", "control_acc", "selectivity") for p in POOLINGS),
+    tuning_columns=tuple(f"probe_{p}_penalty" for p in POOLINGS),
+    requires=("labels",),
+)
+COLLAPSE = MetricFamily("collapse", columns=tuple(f"nc{i}_{p}" for i in range(1, 5) for p in POOLINGS),
+                        requires=("labels",))
 _MASK64 = (1 << 64) - 1
 
 
@@ -50,8 +63,14 @@ class PooledFeatureAccumulator(Accumulator):
     NC3 uses the probe's classifier rows, NC4 compares nearest-class-mean with the probe on the test reservoir.
     """
 
-    name = "probes"
-    requires = ("labels",)
+    families = (PROBES, COLLAPSE)
+    # states (registered by setup), one entry per feature (pooling, layer) of dimension D_j
+    shift: list[torch.Tensor]  # fixed [D_j]: the calibration mean
+    counts: torch.Tensor  # [true/control, split, class]
+    sx: list[torch.Tensor]  # [split, D_j]
+    xx: list[torch.Tensor]  # [split, D_j, D_j]
+    class_sums: list[torch.Tensor]  # [true/control, split, class, D_j]
+    test: Reservoir  # test-split features, labels and control labels
 
     def __init__(
         self,
@@ -74,9 +93,17 @@ class PooledFeatureAccumulator(Accumulator):
         self.want_probes, self.want_collapse = probes, collapse
         self.features: list[tuple[str, int]] = []
 
+    @classmethod
+    def from_config(cls, config: AnalysisConfig, num_classes: int | None,
+                    families: frozenset[str]) -> PooledFeatureAccumulator:
+        assert num_classes is not None  # the engine builds label families only with labels
+        return cls(num_classes, tuple(config.probe_penalties), config.seed, config.probe_max_test_images,
+                   config.probe_final_norm, probes=PROBES.name in families, collapse=COLLAPSE.name in families)
+
     # -- features ----------------------------------------------------------------------------------------
     def pooled(self, states: LayerStates, pooling: str, layer: int) -> torch.Tensor:
         x = states.cls_token(layer) if pooling == "cls" else states.mean_pool(layer)
+        assert x is not None  # features only hold (cls, layer) where the layer has a [CLS] token
         if self.final_norm and states.final_norm is not None and layer >= 0:
             x = states.final_norm(x)
         return x
@@ -148,22 +175,20 @@ class PooledFeatureAccumulator(Accumulator):
         return fit
 
     def compute(self) -> dict[str, np.ndarray]:
-        names = [f"probe_{p}_{m}" for p in POOLINGS for m in ("acc", "control_acc", "selectivity", "penalty")]
-        names += [f"nc{i}_{p}" for i in range(1, 5) for p in POOLINGS]
-        cols = {name: self.missing_column() for name in names}
-        have_test = len(self.test) > 0
+        wanted = [f for f, want in ((PROBES, self.want_probes), (COLLAPSE, self.want_collapse)) if want]
+        cols = {name: self.missing_column() for f in wanted for name in f.all_columns}
         # every test-set quantity below is order-free, so the reservoir is read in slot order (no sorted copy)
         test_data = self.test.slots()[1]
-        labels = test_data.get("label")
         for j, (pooling, layer) in enumerate(self.features):
             i = layer + 1
-            x_test = test_data[f"f{j}"].to(self.shift[j]) if have_test else None
+            x_test = test_data[f"f{j}"].to(self.shift[j]) if len(self.test) else None
             fit = self.probe(j, 0)
-            if fit is not None and have_test:
+            pred = None
+            if fit is not None and x_test is not None:
                 pred = fit.predict(x_test.to(fit.weight)).argmax(1).cpu()
                 if self.want_probes:
                     control_fit = self.probe(j, 1)
-                    cols[f"probe_{pooling}_acc"][i] = float((pred == labels).double().mean())
+                    cols[f"probe_{pooling}_acc"][i] = float((pred == test_data["label"]).double().mean())
                     cols[f"probe_{pooling}_penalty"][i] = fit.alpha
                     if control_fit is not None:
                         control_pred = control_fit.predict(x_test.to(fit.weight)).argmax(1).cpu()
@@ -182,7 +207,6 @@ class PooledFeatureAccumulator(Accumulator):
             cols[f"nc2_{pooling}"][i] = collapse.nc2(geometry)
             if fit is not None:
                 cols[f"nc3_{pooling}"][i] = collapse.nc3(geometry, fit.weight.T)
-                if have_test:
+                if x_test is not None and pred is not None:
                     cols[f"nc4_{pooling}"][i] = collapse.nc4(geometry, x_test - self.shift[j], pred)
-        wanted = ("probe_",) * self.want_probes + ("nc",) * self.want_collapse
-        return {k: v for k, v in cols.items() if k.startswith(wanted)}
+        return cols

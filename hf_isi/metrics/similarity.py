@@ -7,7 +7,7 @@ import torch
 
 from ..states import LayerStates
 from ._scratch import Scratch
-from .base import Accumulator, float64_zeros
+from .base import Accumulator, MetricFamily, float64_zeros
 
 _EPS = 1e-12
 
@@ -47,7 +47,10 @@ class SimilarityAccumulator(Accumulator):
     Columns: ``centered_similarity``.
     """
 
-    name = "similarity"
+    families = (MetricFamily("similarity", columns=("centered_similarity",)),)
+    # states (registered by setup)
+    total: torch.Tensor  # [L + 2] summed over images
+    count: torch.Tensor  # [1] images
 
     def __init__(self) -> None:
         super().__init__()
