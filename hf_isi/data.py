@@ -10,9 +10,10 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import PIL.Image
@@ -135,6 +136,22 @@ def default_image_processor(image_size: tuple[int, int]) -> Any:
 def preprocess(processor: Any, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
     """``pixel_values`` ``[B, 3, H, W]`` from RGB images, through the model's image processor."""
     return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
+def preprocess_bounded(processor: Any, images: Iterable[PIL.Image.Image]) -> torch.Tensor | None:
+    """:func:`preprocess` of ``images``, decoded lazily and preprocessed in chunks of at most
+    :data:`MAX_PENDING_PIXELS` decoded pixels, so a batch of large images never holds them all at once (the
+    model's image processor treats every image alone: the values equal one call on the whole batch)."""
+    chunks, pending, pixels = [], [], 0
+    for image in images:
+        pending.append(image)
+        pixels += image.width * image.height
+        if pixels > MAX_PENDING_PIXELS:
+            chunks.append(preprocess(processor, pending))
+            pending, pixels = [], 0
+    if pending:
+        chunks.append(preprocess(processor, pending))
+    return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)) if chunks else None
 
 
 # -- datasets ------------------------------------------------------------------------------------------------
@@ -392,29 +409,27 @@ class ImageBatches:
 
     def _collate(self, chunk: list[int]) -> Batch:
         rows = self.ds[chunk]  # one Arrow read per batch
-        pixels, pending, labels, ids, skipped = [], [], [], [], []
-        for j, index in enumerate(chunk):
-            ident = str(rows[self.id_column][j]) if self.id_column else str(index)
-            value = rows[self.image_column][j]
-            try:
-                image = load_image(value, where=describe_image(value, ident))
-            except UnreadableImageError as err:
-                if self.strict:
-                    raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
-                logger.warning("skipping %s", err)
-                skipped.append(ident)
-                continue
-            pending.append(image)
-            if sum(im.width * im.height for im in pending) > MAX_PENDING_PIXELS:  # large images: bound the batch
-                pixels.append(preprocess(self.processor, pending))
-                pending = []
-            ids.append(ident)
-            if self.label_column:
-                labels.append(int(rows[self.label_column][j]))
-        if pending:
-            pixels.append(preprocess(self.processor, pending))
-        values = (pixels[0] if len(pixels) == 1 else torch.cat(pixels)) if pixels else None
-        return Batch(values, torch.tensor(labels, dtype=torch.int64) if self.label_column else None, ids, skipped)
+        labels, ids, skipped = [], [], []
+
+        def readable() -> Iterator[PIL.Image.Image]:
+            for j, index in enumerate(chunk):
+                ident = str(rows[self.id_column][j]) if self.id_column else str(index)
+                value = rows[self.image_column][j]
+                try:
+                    image = load_image(value, where=describe_image(value, ident))
+                except UnreadableImageError as err:
+                    if self.strict:
+                        raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
+                    logger.warning("skipping %s", err)
+                    skipped.append(ident)
+                    continue
+                ids.append(ident)
+                if self.label_column:
+                    labels.append(int(rows[self.label_column][j]))
+                yield image
+
+        pixels = preprocess_bounded(self.processor, readable())
+        return Batch(pixels, torch.tensor(labels, dtype=torch.int64) if self.label_column else None, ids, skipped)
 
     def __iter__(self) -> Iterator[Batch]:
         chunks = [self.indices[i : i + self.batch_size] for i in range(0, len(self.indices), self.batch_size)]

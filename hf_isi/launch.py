@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 #: the exit status of hf_isi's scripts for bad input (already explained in one line by the script)
 BAD_INPUT = 2

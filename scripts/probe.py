@@ -30,10 +30,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ from hf_isi.data import (
     load_image,
     load_image_dataset,
     num_classes,
-    preprocess,
+    preprocess_bounded,
     shard_range,
 )
 from hf_isi.models import DTYPES
@@ -286,31 +287,40 @@ def _write_atomically(path: Path, text: str) -> None:
 @dataclass
 class Calibration:
     """The first readable images of the *global* dataset: identical on every process, so every process sets
-    its accumulators up (ISI target scaling, projections, shifts) the same way."""
+    its accumulators up (ISI target scaling, projections, shifts) the same way. Kept as the dataset holds them
+    (a path or encoded bytes) and decoded again for each model, so that large images never stay in memory."""
 
-    images: list[Any]
+    values: list[Any]
+    names: list[str]
     labels: torch.Tensor | None
 
     @classmethod
     def from_dataset(cls, ds: Any, data: DataArguments, count: int, with_labels: bool) -> Calibration:
-        images, labels = [], []
+        values, names, labels = [], [], []
         for index in range(len(ds)):
-            if len(images) >= count:
+            if len(values) >= count:
                 break
             row = ds[index]
             value = row[data.image_column]
+            where = describe_image(value, str(row[data.id_column] if data.id_column else index))
             try:
-                images.append(load_image(value, describe_image(value, str(row[data.id_column] if data.id_column
-                                                                            else index))))
+                load_image(value, where)
             except UnreadableImageError as err:
                 if data.strict:
                     raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
                 continue
+            values.append(value)
+            names.append(where)
             if with_labels:
                 labels.append(int(row[data.label_column]))
-        if not images:
+        if not values:
             raise ValueError(f"no readable image in the dataset '{data.dataset}' ({len(ds)} examples)")
-        return cls(images, torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+        return cls(values, names, torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+
+    def pixel_values(self, processor: Any, count: int | None = None) -> torch.Tensor:
+        """The first ``count`` (default: all) calibration images through ``processor``."""
+        pairs = list(zip(self.values, self.names))[:count]
+        return preprocess_bounded(processor, (load_image(value, where) for value, where in pairs))
 
 
 def image_file(ds: Any, data: DataArguments, ident: str) -> str | None:
@@ -353,7 +363,7 @@ def check_models(args: Arguments, calibration: Calibration, device: Any) -> None
     image. (Raises ``ModelError``, a ``ValueError``, with a one-line message.)"""
     for name in args.model.model_name_or_path:
         adapter, processor = load_adapter(name, args, device)
-        adapter.capture(preprocess(processor, calibration.images[:1]))
+        adapter.capture(calibration.pixel_values(processor, 1))
         _release(adapter)
 
 
@@ -406,7 +416,7 @@ class ModelRun:
         adapter, processor = load_adapter(self.name, self.args, acc.device)
         analyzer = Analyzer(adapter, ctx.analysis, ctx.num_classes)
         calib = ctx.calibration
-        analyzer.setup(preprocess(processor, calib.images), calib.labels)
+        analyzer.setup(calib.pixel_values(processor), calib.labels)
         progress = self.restore(analyzer)
         logger.info("%s: %d layers, %d images on %d process(es)%s", self.name, adapter.num_layers, len(ctx.ds),
                     acc.num_processes, f", resuming at image {progress.done} of this shard" if progress.done else "")
@@ -594,7 +604,7 @@ def command_line(output_dir: Path | None = None) -> str:
 
 def run(args: Arguments, accelerator: Any) -> Path | None:
     """The whole job; returns the output folder on the main process (``None`` elsewhere or when done)."""
-    started, wall = datetime.now(timezone.utc), time.perf_counter()
+    started, wall = datetime.now(UTC), time.perf_counter()
     workspace = Workspace(args.run.output_dir)
     fingerprint = args.fingerprint()
     try:

@@ -56,7 +56,7 @@ import torch
 
 # Resolved once at start-up: transformers resolves these names lazily, and the first resolutions racing in
 # concurrent requests failed with "cannot import name 'AutoConfig' from 'transformers'" (a cold Space).
-from transformers import (  # noqa: F401, E402
+from transformers import (  # noqa: F401
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -802,7 +802,7 @@ class ResultsLoader:
             return reports
         try:
             reports = _load_reports(str(path) if is_local else source, revision)
-        except Exception:  # noqa: BLE001 - logged here; the client gets the one message
+        except Exception:
             logger.info("loading results %s failed", source, exc_info=True)
             raise refused from None
         if not reports:

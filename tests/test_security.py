@@ -21,12 +21,28 @@ import numpy as np
 import PIL.Image
 import pytest
 from _audit import recording_opens
-from test_probe_script import (SCRIPT, assets, launch_command, launch_env, make_imagefolder, probe,  # noqa: F401
-                               reset_accelerate_state, run_in_process, save_tiny_vit)
+from test_probe_script import (  # noqa: F401
+    SCRIPT,
+    assets,
+    launch_command,
+    launch_env,
+    make_imagefolder,
+    probe,
+    reset_accelerate_state,
+    run_in_process,
+    save_tiny_vit,
+)
 
-import hf_isi.data as data
-from hf_isi.data import (DatasetSpec, ImageBatches, UnreadableImageError, default_image_processor, load_image,
-                         load_image_dataset, num_classes)
+from hf_isi import data
+from hf_isi.data import (
+    DatasetSpec,
+    ImageBatches,
+    UnreadableImageError,
+    default_image_processor,
+    load_image,
+    load_image_dataset,
+    num_classes,
+)
 from hf_isi.models import ModelAdapter, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,9 +231,9 @@ def test_a_checkpoint_s_own_code_never_runs(assets, tmp_path):  # noqa: F811
                            "--output_dir", str(tmp_path / "out")], input="y\n" * 10)
     assert not (tmp_path / "MARKER").exists(), "the checkpoint's code ran"
     assert result.returncode == 2, result.stderr[-3000:]
-    assert error_lines(result.stderr) == [
+    assert error_lines(result.stderr) == [(
         f"probe.py: error: cannot load '{evil}': it needs its own Python code (auto_map), and hf_isi never runs a "
-        "checkpoint's code (trust_remote_code=False); use an architecture that ships with transformers"]
+        "checkpoint's code (trust_remote_code=False); use an architecture that ships with transformers")]
     adapter = ModelAdapter.from_pretrained(with_processor_code)  # the model loads; its processor code does not run
     assert adapter.image_processor is None and not (tmp_path / "MARKER").exists()
 

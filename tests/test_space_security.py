@@ -205,10 +205,11 @@ def test_a_stuck_request_is_answered_and_frees_its_slot(app, server, monkeypatch
 
 
 # -- messages ------------------------------------------------------------------------------------------------
-def test_messages_carry_no_server_path(app, tiny_models, tmp_path):
+def test_messages_carry_no_server_path(app, tiny_models, tmp_path):  # noqa: F811
     """A broken model installed on the server: the client learns what is wrong, not where it lives."""
-    import gradio as gr
     import shutil
+
+    import gradio as gr
 
     broken = tmp_path / "srv" / "models" / "broken-vit"
     shutil.copytree(tiny_models["tiny-vit"], broken)
