@@ -28,9 +28,9 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 #: decoded (a JPEG counts at the reduced scale it is decoded at). Decoding takes up to 4 bytes a pixel, so one
 #: image never needs more than ~0.5 GB, and images are decoded one at a time.
 MAX_DECODE_PIXELS = 128 * 1024 * 1024
-#: ImageBatches preprocesses the decoded images of a batch in chunks of at most this many pixels, so that a
-#: batch of large images never holds more than this (x 3 bytes) of decoded pixels at once
-MAX_PENDING_PIXELS = 4 * MAX_IMAGE_PIXELS
+#: a batch's decoded images are preprocessed as soon as they add up to this many pixels, so that a batch of
+#: large images never holds more than about twice this (x 3 bytes) of decoded pixels (small images: one call)
+MAX_PENDING_PIXELS = MAX_IMAGE_PIXELS
 
 
 class UnreadableImageError(ValueError):
@@ -139,14 +139,14 @@ def preprocess(processor: Any, images: Sequence[PIL.Image.Image]) -> torch.Tenso
 
 
 def preprocess_bounded(processor: Any, images: Iterable[PIL.Image.Image]) -> torch.Tensor | None:
-    """:func:`preprocess` of ``images``, decoded lazily and preprocessed in chunks of at most
+    """:func:`preprocess` of ``images``, decoded lazily and preprocessed in chunks of about
     :data:`MAX_PENDING_PIXELS` decoded pixels, so a batch of large images never holds them all at once (the
     model's image processor treats every image alone: the values equal one call on the whole batch)."""
     chunks, pending, pixels = [], [], 0
     for image in images:
         pending.append(image)
         pixels += image.width * image.height
-        if pixels > MAX_PENDING_PIXELS:
+        if pixels >= MAX_PENDING_PIXELS:
             chunks.append(preprocess(processor, pending))
             pending, pixels = [], 0
     if pending:
@@ -230,8 +230,9 @@ class RefusedFile:
 @dataclass
 class ImageFolderListing:
     """What :func:`list_image_folder` found: ``splits`` maps each split to its files (absolute paths of images and
-    ``metadata.*`` files), ``split_folders`` says whether the splits come from split subfolders (otherwise the
-    only split, ``"train"`` (as ``datasets`` names it), holds every image), ``unsplit`` counts images outside every split subfolder."""
+    ``metadata.*`` files); ``split_folders`` says whether the splits come from split subfolders (otherwise the
+    only split, ``"train"`` as ``datasets`` names it, holds every image); ``unsplit`` counts the images outside
+    every split subfolder."""
 
     root: Path
     splits: dict[str, list[str]]

@@ -284,19 +284,26 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------------
+#: decoded calibration images are kept while they add up to this many pixels (~200 MB); the others (large images)
+#: are decoded again for each model, so that they never stay in memory
+CALIBRATION_KEEP_PIXELS = 4 * 4096 * 4096
+
+
 @dataclass
 class Calibration:
     """The first readable images of the *global* dataset: identical on every process, so every process sets
-    its accumulators up (ISI target scaling, projections, shifts) the same way. Kept as the dataset holds them
-    (a path or encoded bytes) and decoded again for each model, so that large images never stay in memory."""
+    its accumulators up (ISI target scaling, projections, shifts) the same way. ``images`` holds the decoded
+    images up to :data:`CALIBRATION_KEEP_PIXELS` (``None`` past it: decoded again from ``values``, as the
+    dataset holds them, when a model needs them)."""
 
     values: list[Any]
     names: list[str]
+    images: list[Any]
     labels: torch.Tensor | None
 
     @classmethod
     def from_dataset(cls, ds: Any, data: DataArguments, count: int, with_labels: bool) -> Calibration:
-        values, names, labels = [], [], []
+        values, names, images, labels, kept = [], [], [], [], 0
         for index in range(len(ds)):
             if len(values) >= count:
                 break
@@ -304,23 +311,26 @@ class Calibration:
             value = row[data.image_column]
             where = describe_image(value, str(row[data.id_column] if data.id_column else index))
             try:
-                load_image(value, where)
+                image = load_image(value, where)
             except UnreadableImageError as err:
                 if data.strict:
                     raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
                 continue
+            kept += image.width * image.height
             values.append(value)
             names.append(where)
+            images.append(image if kept <= CALIBRATION_KEEP_PIXELS else None)
             if with_labels:
                 labels.append(int(row[data.label_column]))
         if not values:
             raise ValueError(f"no readable image in the dataset '{data.dataset}' ({len(ds)} examples)")
-        return cls(values, names, torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+        return cls(values, names, images, torch.tensor(labels, dtype=torch.int64) if with_labels else None)
 
     def pixel_values(self, processor: Any, count: int | None = None) -> torch.Tensor:
         """The first ``count`` (default: all) calibration images through ``processor``."""
-        pairs = list(zip(self.values, self.names))[:count]
-        return preprocess_bounded(processor, (load_image(value, where) for value, where in pairs))
+        triples = list(zip(self.images, self.values, self.names))[:count]
+        return preprocess_bounded(processor, (image if image is not None else load_image(value, where)
+                                              for image, value, where in triples))
 
 
 def image_file(ds: Any, data: DataArguments, ident: str) -> str | None:

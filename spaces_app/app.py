@@ -19,6 +19,7 @@ with ``HF_ISI_SPACE_MODELS="name=/path/to/checkpoint;other=/path"``. ``trust_rem
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -177,12 +178,14 @@ def run_bounded(fn: Callable, *args: Any, timeout: float | None = None) -> Any:
         finally:
             _WORKERS.release()
 
-    worker = threading.Thread(target=target, name=f"hf_isi-{getattr(fn, '__name__', 'request')}", daemon=True)
+    context = contextvars.copy_context()  # Gradio's request context, as the handler would have seen it
+    worker = threading.Thread(target=context.run, args=(target,), daemon=True,
+                              name=f"hf_isi-{getattr(fn, '__name__', 'request')}")
     worker.start()
     worker.join(max(0.0, timeout - (time.monotonic() - started)))
     if worker.is_alive():
         logger.warning("%s took longer than %.0f s; answered with an error", getattr(fn, "__name__", fn), timeout)
-        raise gr.Error(f"This request took longer than {timeout:.0f} s and was stopped. Please try a smaller "
+        raise gr.Error(f"This request took longer than {timeout:.0f} s and was given up. Please try a smaller "
                        "image or another model.")
     if "error" in outcome:
         raise outcome["error"]
