@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -614,7 +614,7 @@ def command_line(output_dir: Path | None = None) -> str:
 
 def run(args: Arguments, accelerator: Any) -> Path | None:
     """The whole job; returns the output folder on the main process (``None`` elsewhere or when done)."""
-    started, wall = datetime.now(UTC), time.perf_counter()
+    started, wall = datetime.now(timezone.utc), time.perf_counter()
     workspace = Workspace(args.run.output_dir)
     fingerprint = args.fingerprint()
     try:
