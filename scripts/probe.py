@@ -30,9 +30,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from hf_isi.data import (
     load_image,
     load_image_dataset,
     num_classes,
-    preprocess_bounded,
+    preprocess,
     shard_range,
 )
 from hf_isi.models import DTYPES
@@ -284,53 +285,52 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------------
-#: decoded calibration images are kept while they add up to this many pixels (~200 MB); the others (large images)
-#: are decoded again for each model, so that they never stay in memory
-CALIBRATION_KEEP_PIXELS = 4 * 4096 * 4096
+def readable_images(ds: Any, data: DataArguments, with_labels: bool) -> Iterator[tuple[Any, int | None]]:
+    """``(RGB image, label)`` of every readable row, in order, decoded one at a time; an unreadable one is
+    skipped, or with ``--strict`` raises :class:`UnreadableImageError` naming its file."""
+    for index in range(len(ds)):
+        row = ds[index]
+        value = row[data.image_column]
+        try:
+            image = load_image(value, describe_image(value, str(row[data.id_column] if data.id_column else index)))
+        except UnreadableImageError as err:
+            if data.strict:
+                raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
+            continue
+        yield image, int(row[data.label_column]) if with_labels else None
 
 
 @dataclass
 class Calibration:
-    """The first readable images of the *global* dataset: identical on every process, so every process sets
-    its accumulators up (ISI target scaling, projections, shifts) the same way. ``images`` holds the decoded
-    images up to :data:`CALIBRATION_KEEP_PIXELS` (``None`` past it: decoded again from ``values``, as the
-    dataset holds them, when a model needs them)."""
+    """The first readable images of the *global* dataset, identical on every process, so every process sets
+    its accumulators up (ISI target scaling, projections, shifts) the same way. Each image is decoded once and
+    at once turned into ``pixel_values`` for every model's image processor: what stays in memory is one tensor
+    per distinct processor, at the models' input size, however large the images are."""
 
-    values: list[Any]
-    names: list[str]
-    images: list[Any]
+    pixel_values: dict[str, torch.Tensor]  # by model name
     labels: torch.Tensor | None
 
     @classmethod
-    def from_dataset(cls, ds: Any, data: DataArguments, count: int, with_labels: bool) -> Calibration:
-        values, names, images, labels, kept = [], [], [], [], 0
-        for index in range(len(ds)):
-            if len(values) >= count:
-                break
-            row = ds[index]
-            value = row[data.image_column]
-            where = describe_image(value, str(row[data.id_column] if data.id_column else index))
-            try:
-                image = load_image(value, where)
-            except UnreadableImageError as err:
-                if data.strict:
-                    raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
-                continue
-            kept += image.width * image.height
-            values.append(value)
-            names.append(where)
-            images.append(image if kept <= CALIBRATION_KEEP_PIXELS else None)
-            if with_labels:
-                labels.append(int(row[data.label_column]))
-        if not values:
+    def from_dataset(cls, ds: Any, data: DataArguments, count: int, with_labels: bool,
+                     processors: dict[str, Any]) -> Calibration:
+        keys = {name: _processor_key(processor) for name, processor in processors.items()}
+        distinct = {key: processors[name] for name, key in keys.items()}
+        chunks: dict[str, list[torch.Tensor]] = {key: [] for key in distinct}
+        labels = []
+        for image, label in islice(readable_images(ds, data, with_labels), max(1, count)):
+            for key, processor in distinct.items():
+                chunks[key].append(preprocess(processor, [image]))  # per image: equal to one batched call
+            labels.append(label)
+        if not labels:
             raise ValueError(f"no readable image in the dataset '{data.dataset}' ({len(ds)} examples)")
-        return cls(values, names, images, torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+        tensors = {key: torch.cat(parts) for key, parts in chunks.items()}
+        return cls({name: tensors[key] for name, key in keys.items()},
+                   torch.tensor(labels, dtype=torch.int64) if with_labels else None)
 
-    def pixel_values(self, processor: Any, count: int | None = None) -> torch.Tensor:
-        """The first ``count`` (default: all) calibration images through ``processor``."""
-        triples = list(zip(self.images, self.values, self.names))[:count]
-        return preprocess_bounded(processor, (image if image is not None else load_image(value, where)
-                                              for image, value, where in triples))
+
+def _processor_key(processor: Any) -> str:
+    to_json = getattr(processor, "to_json_string", None)
+    return to_json() if callable(to_json) else f"id-{id(processor)}"
 
 
 def image_file(ds: Any, data: DataArguments, ident: str) -> str | None:
@@ -368,13 +368,16 @@ def load_adapter(name: str, args: Arguments, device: Any) -> tuple[Any, Any]:
     return adapter, adapter.image_processor or default_image_processor(adapter.image_size)
 
 
-def check_models(args: Arguments, calibration: Calibration, device: Any) -> None:
+def check_models(args: Arguments, image: Any, device: Any) -> dict[str, Any]:
     """Fail fast, before any work is written: every model loads, is a vision transformer, and runs on one
-    image. (Raises ``ModelError``, a ``ValueError``, with a one-line message.)"""
+    image. (Raises ``ModelError``, a ``ValueError``, with a one-line message.) Returns each model's image
+    processor."""
+    processors = {}
     for name in args.model.model_name_or_path:
-        adapter, processor = load_adapter(name, args, device)
-        adapter.capture(calibration.pixel_values(processor, 1))
+        adapter, processors[name] = load_adapter(name, args, device)
+        adapter.capture(preprocess(processors[name], [image]))
         _release(adapter)
+    return processors
 
 
 def _release(adapter: Any) -> None:
@@ -426,7 +429,7 @@ class ModelRun:
         adapter, processor = load_adapter(self.name, self.args, acc.device)
         analyzer = Analyzer(adapter, ctx.analysis, ctx.num_classes)
         calib = ctx.calibration
-        analyzer.setup(calib.pixel_values(processor), calib.labels)
+        analyzer.setup(calib.pixel_values[self.name], calib.labels)
         progress = self.restore(analyzer)
         logger.info("%s: %d layers, %d images on %d process(es)%s", self.name, adapter.num_layers, len(ctx.ds),
                     acc.num_processes, f", resuming at image {progress.done} of this shard" if progress.done else "")
@@ -680,8 +683,11 @@ def check_inputs(args: Arguments, workspace: Workspace, accelerator: Any) -> tup
             if accelerator.is_main_process:
                 logger.warning("probes and neural-collapse metrics are skipped: %s", why)
             analysis = replace(analysis, metrics=[m for m in analysis.metrics if m not in LABEL_METRICS])
-    calibration = Calibration.from_dataset(ds, args.data, analysis.calibration_images, with_labels=bool(classes))
-    check_models(args, calibration, accelerator.device)
+    first = next(readable_images(ds, args.data, with_labels=False), None)
+    if first is None:
+        raise ValueError(f"no readable image in the dataset '{args.data.dataset}' ({len(ds)} examples)")
+    processors = check_models(args, first[0], accelerator.device)
+    calibration = Calibration.from_dataset(ds, args.data, analysis.calibration_images, bool(classes), processors)
     return ds, analysis, classes, calibration, refused
 
 
