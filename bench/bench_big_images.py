@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="where the images and the model are generated (kept between runs)")
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--suffix", default="")
+    p.add_argument("--side", type=int, default=None, help="override every case's side in pixels (smoke tests)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--model-path", type=Path, help=argparse.SUPPRESS)
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for case in [c for c in args.cases.split(",") if c]:
         fmt, side = CASES[case]
+        side = args.side or side
         folder = make_folder(args.work_dir, fmt, side)
         runs = []
         for _ in range(args.repeats):

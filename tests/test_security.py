@@ -379,3 +379,16 @@ def test_the_run_summary_publishes_no_home_path(assets, tmp_path, capsys, monkey
     published = json.dumps({k: run[k] for k in ("command_line", "arguments", "dataset", "skipped_files",
                                                  "refused_files")})
     assert str(tmp_path) not in published
+
+
+# -- the big-image benchmark runs (its figures are in bench/results/, not asserted here) -------------------------
+def test_bench_big_images_smoke(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_big_images
+
+    rows = bench_big_images.main(["--cases", "png13000,jpg13000", "--side", "300", "--repeats", "1",
+                                  "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")])
+    assert [(r["case"], r["exit_status"], r["images_used"]) for r in rows] == [("png13000", 0, 24),
+                                                                               ("jpg13000", 0, 24)]
+    assert all(r["peak_rss_mb"] > 0 for r in rows)
+    assert (tmp_path / "out" / "big_images-cpu-fp32-tiny.csv").is_file()
