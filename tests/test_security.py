@@ -266,13 +266,22 @@ def _mount_tmpfs(path: Path, options: str) -> bool:
 
 
 @contextlib.contextmanager
-def read_only_folder(path: Path):
-    """A folder nobody may write to: a read-only tmpfs as root (root ignores permissions), mode 0555 otherwise."""
+def read_only_folder(path: Path, monkeypatch):
+    """A folder nobody may write to: a read-only tmpfs where the test may mount one (root ignores permissions),
+    mode 0555 for other users; as root without mount, every attempt to create a file there fails with EROFS
+    (simulated)."""
     if _mount_tmpfs(path, "ro,size=1m"):
         try:
             yield path
         finally:
-            subprocess.run(["umount", "-l", str(path)], check=False)  # lazy: even while a file is open
+            subprocess.run(["umount", "-l", str(path)], check=False)
+        return
+    if os.geteuid() == 0:
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        monkeypatch.setattr(probe.tempfile, "mkstemp", read_only)
+        yield path
         return
     path.chmod(0o555)
     try:
@@ -281,9 +290,9 @@ def read_only_folder(path: Path):
         path.chmod(0o755)
 
 
-def test_a_read_only_output_location_is_one_line(assets, tmp_path, capsys):  # noqa: F811
+def test_a_read_only_output_location_is_one_line(assets, tmp_path, capsys, monkeypatch):  # noqa: F811
     """Before: an OSError traceback from the staging folder's mkdir."""
-    with read_only_folder(tmp_path / "ro") as folder:
+    with read_only_folder(tmp_path / "ro", monkeypatch) as folder:
         code, err = run_in_process(["--model_name_or_path", assets["models"][0], "--dataset",
                                     str(assets["images"]), "--output_dir", str(folder / "out")], capsys)
         assert code == 2 and err.count("\n") == 1, err
