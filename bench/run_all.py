@@ -33,6 +33,7 @@ def cpu_commands(threads: list[str], suffix: list[str]) -> list[list[str]]:
         ["bench_scaling.py", "--model", "vit_ti16_112", "--images", "512", "--batch-size", "32",
          "--procs", "1x1,1x2,2x1"],
         ["bench_precision.py", *threads],
+        ["bench_big_images.py", *suffix],  # probe.py on 13000 x 13000 images: peak RSS stays per image
     ]
 
 

@@ -145,8 +145,10 @@ class ModelAdapter:
     ) -> ModelAdapter:
         """Load a checkpoint (a local folder, a Hub id, or a built-in reference model name) with its processor.
 
-        ``trust_remote_code`` stays off: only architectures that ship with transformers are loaded.
+        ``trust_remote_code=False`` on every load: only architectures that ship with transformers are loaded, and
+        a checkpoint's own Python code (``auto_map``) is never run, nor asked about.
         """
+        from safetensors import SafetensorError
         from transformers import (
             MODEL_MAPPING,
             AutoConfig,
@@ -163,11 +165,11 @@ class ModelAdapter:
                 source = str(zoo.trained_reference_path(source))
             except FileNotFoundError as err:
                 raise ModelError(str(err)) from None
-        kwargs: dict[str, Any] = {"revision": revision, "dtype": resolve_dtype(dtype)}
+        kwargs: dict[str, Any] = {"revision": revision, "dtype": resolve_dtype(dtype), "trust_remote_code": False}
         if attentions:
             kwargs["attn_implementation"] = "eager"
         try:
-            config = AutoConfig.from_pretrained(source, revision=revision)
+            config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise ModelError(_load_error(source, err)) from err
         try:
@@ -178,10 +180,10 @@ class ModelAdapter:
                 model = AutoModelForImageClassification.from_pretrained(source, **kwargs)
             else:
                 model = AutoModel.from_pretrained(source, **kwargs)
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, SafetensorError) as err:
             raise ModelError(_load_error(source, err)) from err
         try:
-            processor = AutoImageProcessor.from_pretrained(source, revision=revision)
+            processor = AutoImageProcessor.from_pretrained(source, revision=revision, trust_remote_code=False)
         except (OSError, ValueError, KeyError):
             processor = None
         if device is not None:
@@ -394,10 +396,30 @@ class ModelAdapter:
 
 def _load_error(source: str, err: Exception) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "trust_remote_code" in str(err) or "contains custom code" in str(err):
+        return (f"cannot load '{source}': it needs its own Python code (auto_map), and hf_isi never runs a "
+                "checkpoint's code (trust_remote_code=False); use an architecture that ships with transformers")
+    if type(err).__name__ == "SafetensorError":
+        return (f"cannot load '{source}': the weights file {_unreadable_weights(source)} is corrupt or truncated "
+                f"({first}); download or save it again")
     if Path(source).exists():
         return f"cannot load '{source}' as a vision transformer: {first}"
     return (f"cannot load model '{source}': it is not a local folder and could not be fetched from the Hub "
             f"(offline, or no such repository) - {first}")
+
+
+def _unreadable_weights(source: str) -> str:
+    """The first ``*.safetensors`` file of a local checkpoint whose header cannot be read (quoted), else a
+    description."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []:
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception:  # noqa: BLE001 - any failure names the file
+            return f"'{file}'"
+    return "(a .safetensors file)"
 
 
 def load_model(

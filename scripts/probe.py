@@ -28,11 +28,14 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -40,8 +43,10 @@ from hf_isi import AnalysisConfig, Analyzer, Report, load_model
 from hf_isi.data import (
     DatasetSpec,
     ImageBatches,
+    RefusedFile,
     UnreadableImageError,
     default_image_processor,
+    describe_image,
     load_image,
     load_image_dataset,
     num_classes,
@@ -164,6 +169,22 @@ def read_config(path: str) -> dict[str, Any]:
 
 
 # -- the output folder -----------------------------------------------------------------------------------
+class InputError(ValueError):
+    """Bad input found before any work, identically on every process: only the main process reports it."""
+
+
+class OutputError(ValueError):
+    """The output location cannot be written (read-only, no permission, disk full)."""
+
+
+def output_error(path: Path, err: BaseException) -> OutputError:
+    """One line for a failed write: the path and the system's reason, without the library noise around it
+    (torch reports a full disk as ``basic_ios::clear: iostream error``)."""
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+    return OutputError(f"cannot write {path}: {reason}; free some space or choose another --output_dir "
+                       "(a run that has started continues with --resume)")
+
+
 class Workspace:
     """``<output_dir>`` (complete results only) and its staging sibling ``<output_dir>.partial`` (the run in
     progress: checkpoints, then the outputs, renamed to ``<output_dir>`` when complete)."""
@@ -203,13 +224,30 @@ class Workspace:
             raise ValueError(f"{self.output_dir} already exists: pass --overwrite to replace it")
         return "fresh"
 
+    def check_writable(self) -> None:
+        """Fail before any work when the output location cannot be written (read-only, no permission): create
+        and remove a file in the nearest existing folder of the staging folder's path."""
+        folder = self.staging
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".probe-write-test-", dir=folder)
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as err:
+            raise InputError(f"cannot write to {folder}: {err.strerror or _first_line(err)}; choose another "
+                             "--output_dir") from err
+
     def prepare(self, mode: str, fingerprint: dict[str, Any]) -> None:
         """Main process only: a clean staging folder for a fresh run, the run's arguments recorded."""
-        if mode == "fresh" and self.staging.exists():
-            shutil.rmtree(self.staging)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        if not self.run_file.is_file():
-            _write_atomically(self.run_file, json.dumps(fingerprint, indent=2))
+        try:
+            if mode == "fresh" and self.staging.exists():
+                shutil.rmtree(self.staging)
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            if not self.run_file.is_file():
+                _write_atomically(self.run_file, json.dumps(fingerprint, indent=2))
+        except OSError as err:
+            raise output_error(self.staging, err) from err
 
     def report_dir(self, index: int) -> Path:
         return self.checkpoints / f"model-{index}"
@@ -222,9 +260,12 @@ class Workspace:
         ``output_dir`` (``--overwrite``) is moved aside first and deleted only after the rename."""
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         old = self.output_dir.with_name(f"{self.output_dir.name}.old-{os.getpid()}")
-        if self.output_dir.exists():
-            os.replace(self.output_dir, old)
-        os.replace(self.staging, self.output_dir)
+        try:
+            if self.output_dir.exists():
+                os.replace(self.output_dir, old)
+            os.replace(self.staging, self.output_dir)
+        except OSError as err:
+            raise output_error(self.output_dir, err) from err
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -235,46 +276,75 @@ def _made_here(path: Path, marker: str) -> bool:
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # -- data ------------------------------------------------------------------------------------------------
+def readable_images(ds: Any, data: DataArguments, with_labels: bool) -> Iterator[tuple[Any, int | None]]:
+    """``(RGB image, label)`` of every readable row, in order, decoded one at a time; an unreadable one is
+    skipped, or with ``--strict`` raises :class:`UnreadableImageError` naming its file."""
+    for index in range(len(ds)):
+        row = ds[index]
+        value = row[data.image_column]
+        try:
+            image = load_image(value, describe_image(value, str(row[data.id_column] if data.id_column else index)))
+        except UnreadableImageError as err:
+            if data.strict:
+                raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
+            continue
+        yield image, int(row[data.label_column]) if with_labels else None
+
+
 @dataclass
 class Calibration:
-    """The first readable images of the *global* dataset: identical on every process, so every process sets
-    its accumulators up (ISI target scaling, projections, shifts) the same way."""
+    """The first readable images of the *global* dataset, identical on every process, so every process sets
+    its accumulators up (ISI target scaling, projections, shifts) the same way. Each image is decoded once and
+    at once turned into ``pixel_values`` for every model's image processor: what stays in memory is one tensor
+    per distinct processor, at the models' input size, however large the images are."""
 
-    images: list[Any]
+    pixel_values: dict[str, torch.Tensor]  # by model name
     labels: torch.Tensor | None
 
     @classmethod
-    def from_dataset(cls, ds: Any, data: DataArguments, count: int, with_labels: bool) -> Calibration:
-        images, labels = [], []
-        for index in range(len(ds)):
-            if len(images) >= count:
-                break
-            row = ds[index]
-            where = f"image {row[data.id_column] if data.id_column else index}"
-            try:
-                images.append(load_image(row[data.image_column], where))
-            except UnreadableImageError as err:
-                if data.strict:
-                    raise UnreadableImageError(f"{err}; fix or remove it, or drop --strict to skip it") from err
-                continue
-            if with_labels:
-                labels.append(int(row[data.label_column]))
-        if not images:
+    def from_dataset(cls, ds: Any, data: DataArguments, count: int, with_labels: bool,
+                     processors: dict[str, Any]) -> Calibration:
+        keys = {name: _processor_key(processor) for name, processor in processors.items()}
+        distinct = {key: processors[name] for name, key in keys.items()}
+        chunks: dict[str, list[torch.Tensor]] = {key: [] for key in distinct}
+        labels = []
+        for image, label in islice(readable_images(ds, data, with_labels), max(1, count)):
+            for key, processor in distinct.items():
+                chunks[key].append(preprocess(processor, [image]))  # per image: equal to one batched call
+            labels.append(label)
+        if not labels:
             raise ValueError(f"no readable image in the dataset '{data.dataset}' ({len(ds)} examples)")
-        return cls(images, torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+        tensors = {key: torch.cat(parts) for key, parts in chunks.items()}
+        return cls({name: tensors[key] for name, key in keys.items()},
+                   torch.tensor(labels, dtype=torch.int64) if with_labels else None)
+
+
+def _processor_key(processor: Any) -> str:
+    to_json = getattr(processor, "to_json_string", None)
+    return to_json() if callable(to_json) else f"id-{id(processor)}"
 
 
 def image_file(ds: Any, data: DataArguments, ident: str) -> str | None:
-    """The file an image id came from, when the dataset records paths (imagefolder) and ids are row indices."""
+    """The file an image id came from, when the dataset records paths (imagefolder) and ids are row indices:
+    relative to the dataset folder when it lies inside it."""
     if data.id_column or not ident.isdigit():
         return None
     value = ds[int(ident)][data.image_column]
-    return value.get("path") if isinstance(value, dict) else None
+    path = value.get("path") if isinstance(value, dict) else None
+    if path and Path(data.dataset).is_dir():
+        root = os.path.realpath(data.dataset)
+        if os.path.commonpath([root, os.path.realpath(path)]) == root:
+            return os.path.relpath(os.path.realpath(path), root)
+    return portable_path(path) if path else None
 
 
 def label_metrics_possible(ds: Any, data: DataArguments) -> tuple[int | None, str | None]:
@@ -298,13 +368,16 @@ def load_adapter(name: str, args: Arguments, device: Any) -> tuple[Any, Any]:
     return adapter, adapter.image_processor or default_image_processor(adapter.image_size)
 
 
-def check_models(args: Arguments, calibration: Calibration, device: Any) -> None:
+def check_models(args: Arguments, image: Any, device: Any) -> dict[str, Any]:
     """Fail fast, before any work is written: every model loads, is a vision transformer, and runs on one
-    image. (Raises ``ModelError``, a ``ValueError``, with a one-line message.)"""
+    image. (Raises ``ModelError``, a ``ValueError``, with a one-line message.) Returns each model's image
+    processor."""
+    processors = {}
     for name in args.model.model_name_or_path:
-        adapter, processor = load_adapter(name, args, device)
-        adapter.capture(preprocess(processor, calibration.images[:1]))
+        adapter, processors[name] = load_adapter(name, args, device)
+        adapter.capture(preprocess(processors[name], [image]))
         _release(adapter)
+    return processors
 
 
 def _release(adapter: Any) -> None:
@@ -356,7 +429,7 @@ class ModelRun:
         adapter, processor = load_adapter(self.name, self.args, acc.device)
         analyzer = Analyzer(adapter, ctx.analysis, ctx.num_classes)
         calib = ctx.calibration
-        analyzer.setup(preprocess(processor, calib.images), calib.labels)
+        analyzer.setup(calib.pixel_values[self.name], calib.labels)
         progress = self.restore(analyzer)
         logger.info("%s: %d layers, %d images on %d process(es)%s", self.name, adapter.num_layers, len(ctx.ds),
                     acc.num_processes, f", resuming at image {progress.done} of this shard" if progress.done else "")
@@ -395,8 +468,15 @@ class ModelRun:
         state = {"model": self.name, "shard": [self.shard.start, self.shard.stop], "done": progress.done,
                  "skipped": progress.skipped, "analyzer": analyzer.state_dict()}
         tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
+        writer = None
+        try:
+            with open(tmp, "wb") as handle:
+                writer = _ErrnoWriter(handle)
+                torch.save(state, writer)
+            os.replace(tmp, self.checkpoint)
+        except (OSError, RuntimeError) as err:
+            tmp.unlink(missing_ok=True)
+            raise output_error(self.checkpoint, (writer and writer.error) or err) from err
         progress.last_saved, progress.batches_since_saved = time.monotonic(), 0
         progress.saves += 1
 
@@ -413,20 +493,42 @@ class ModelRun:
                                label_column=data.label_column if ctx.num_classes else None,
                                id_column=data.id_column, strict=data.strict, num_workers=data.num_workers)
         bar = _ProgressBar(self.name, len(ctx.ds), progress.done, acc)
-        for batch in batches:
-            if batch.pixel_values is not None:
-                analyzer.update(batch.pixel_values, batch.labels, batch.ids)
-            progress.done += len(batch.ids) + len(batch.skipped)
-            progress.skipped += batch.skipped
-            progress.batches_since_saved += 1
-            bar.update(len(batch.ids) + len(batch.skipped), len(progress.skipped))
-            if self.checkpoint_due(progress):
-                self.save(analyzer, progress)
+        try:
+            for batch in batches:
+                if batch.pixel_values is not None:
+                    analyzer.update(batch.pixel_values, batch.labels, batch.ids)
+                progress.done += len(batch.ids) + len(batch.skipped)
+                progress.skipped += batch.skipped
+                progress.batches_since_saved += 1
+                bar.update(len(batch.ids) + len(batch.skipped), len(progress.skipped))
+                if self.checkpoint_due(progress):
+                    self.save(analyzer, progress)
+        except BaseException:
+            bar.close(complete=False)  # ends the bar's line: an error message starts on a line of its own
+            raise
         bar.close()
         # A long shard (one that has checkpointed) also checkpoints its end: waiting for the other processes
         # must not risk its work. Short ones skip it: a checkpoint can be ~1 GB.
         if progress.batches_since_saved and (progress.saves or self.args.run.checkpoint_every > 0):
             self.save(analyzer, progress)
+
+
+class _ErrnoWriter:
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write: torch reports a full disk only as
+    ``unexpected pos`` or ``basic_ios::clear: iostream error``."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 class _ProgressBar:
@@ -445,16 +547,21 @@ class _ProgressBar:
         if skipped:
             self.bar.set_postfix(skipped=skipped, refresh=False)
 
-    def close(self) -> None:
-        self.bar.update(self.bar.total - self.bar.n)
+    def close(self, complete: bool = True) -> None:
+        if complete:
+            self.bar.update(self.bar.total - self.bar.n)
         self.bar.close()
 
 
 def _save_report(report: Report, folder: Path) -> None:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    report.save(tmp)
-    os.replace(tmp, folder)
+    try:
+        report.save(tmp)
+        os.replace(tmp, folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(folder, err) from err
 
 
 def _natural(ident: str) -> tuple[int, Any]:
@@ -474,16 +581,38 @@ class RunContext:
     num_classes: int | None
     calibration: Calibration
     args: Arguments
+    refused: list[RefusedFile] = field(default_factory=list)
 
     def provenance(self) -> dict[str, Any]:
         acc = self.accelerator
+        dataset = asdict(self.args.data.spec())
         return {"num_processes": acc.num_processes, "distributed_type": acc.distributed_type.value,
-                "device": str(acc.device), "command_line": command_line(),
-                "dataset": asdict(self.args.data.spec())}
+                "device": str(acc.device), "command_line": command_line(self.workspace.output_dir),
+                "dataset": {**dataset, "dataset": portable_path(dataset["dataset"])}}
 
 
-def command_line() -> str:
-    return shlex.join([os.path.basename(sys.executable), *sys.argv])
+def portable_path(value: str, output_dir: Path | None = None) -> str:
+    """A path as it may be published: relative to the output folder when inside it (``./plots``), else with the
+    home folder written ``~``; anything else (a Hub id, a relative path, a path elsewhere) unchanged."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = os.path.normpath(value)
+    if output_dir is not None and os.path.commonpath([output_dir, path]) == str(output_dir) and path != str(output_dir):
+        return os.path.join(".", os.path.relpath(path, output_dir))
+    home = os.path.normpath(os.path.expanduser("~"))
+    if home != os.sep and os.path.commonpath([home, path]) == home:
+        return os.path.join("~", os.path.relpath(path, home)) if path != home else "~"
+    return value
+
+
+def command_line(output_dir: Path | None = None) -> str:
+    """The command that made the results, its paths made :func:`portable <portable_path>`."""
+    def portable(arg: str) -> str:
+        flag, sep, value = arg.partition("=")
+        return f"{flag}={portable_path(value, output_dir)}" if sep and flag.startswith("-") \
+            else portable_path(arg, output_dir)
+
+    return shlex.join([os.path.basename(sys.executable), *(portable(a) for a in sys.argv)])
 
 
 def run(args: Arguments, accelerator: Any) -> Path | None:
@@ -491,7 +620,10 @@ def run(args: Arguments, accelerator: Any) -> Path | None:
     started, wall = datetime.now(timezone.utc), time.perf_counter()
     workspace = Workspace(args.run.output_dir)
     fingerprint = args.fingerprint()
-    mode = workspace.plan(args.run, fingerprint)
+    try:
+        mode = workspace.plan(args.run, fingerprint)
+    except ValueError as err:  # the same on every process
+        raise InputError(str(err)) from err
     if mode == "done":
         logger.info("%s is complete; pass --overwrite to compute it again", workspace.output_dir)
         return None
@@ -502,25 +634,19 @@ def run(args: Arguments, accelerator: Any) -> Path | None:
         return workspace.output_dir if accelerator.is_main_process else None
 
     # Everything that can fail on bad input fails here, on every process alike, before anything is written.
-    ds = load_image_dataset(args.data.spec())
-    if len(ds) == 0:
-        raise ValueError(f"the dataset '{args.data.dataset}' split '{args.data.split}' is empty")
-    analysis, classes = args.analysis, None
-    if analysis.needs_labels:
-        classes, why = label_metrics_possible(ds, args.data)
-        if why:
-            if accelerator.is_main_process:
-                logger.warning("probes and neural-collapse metrics are skipped: %s", why)
-            analysis = replace(analysis, metrics=[m for m in analysis.metrics if m not in LABEL_METRICS])
-    calibration = Calibration.from_dataset(ds, args.data, analysis.calibration_images, with_labels=bool(classes))
-    check_models(args, calibration, accelerator.device)
+    try:
+        ds, analysis, classes, calibration, refused = check_inputs(args, workspace, accelerator)
+    except InputError:
+        raise
+    except ValueError as err:  # ModelError, UnreadableImageError (--strict), a bad dataset...
+        raise InputError(str(err)) from err
 
     accelerator.wait_for_everyone()  # every process has planned before the main process changes anything
     if accelerator.is_main_process:
         workspace.prepare(mode, fingerprint)
     accelerator.wait_for_everyone()
 
-    ctx = RunContext(accelerator, workspace, mode, ds, analysis, classes, calibration, args)
+    ctx = RunContext(accelerator, workspace, mode, ds, analysis, classes, calibration, args, refused)
     names = args.model.model_name_or_path
     for index, name in enumerate(names):
         logger.info("model %d/%d: %s", index + 1, len(names), name)
@@ -532,10 +658,37 @@ def run(args: Arguments, accelerator: Any) -> Path | None:
         return None
     reports = [Report.load(workspace.report_dir(index)) for index in range(len(names))]
     summary = run_summary(ctx, reports, started, time.perf_counter() - wall)
-    write_results(reports, workspace.staging, run=summary, plots=args.run.plots)
+    try:
+        write_results(reports, workspace.staging, run=summary, plots=args.run.plots)
+    except OSError as err:
+        raise output_error(workspace.staging, err) from err
     workspace.publish()
     logger.info("results in %s (%.1f s)", workspace.output_dir, time.perf_counter() - wall)
     return workspace.output_dir
+
+
+def check_inputs(args: Arguments, workspace: Workspace, accelerator: Any) -> tuple[Any, AnalysisConfig, int | None,
+                                                                                  Calibration, list[RefusedFile]]:
+    """The dataset, the metrics that can run on it, the number of classes, the calibration images and the files
+    of the dataset folder that are refused; raises ``ValueError`` (one line) on bad input."""
+    workspace.check_writable()
+    refused: list[RefusedFile] = []
+    ds = load_image_dataset(args.data.spec(), strict=args.data.strict, refused=refused)
+    if len(ds) == 0:
+        raise ValueError(f"the dataset '{args.data.dataset}' split '{args.data.split}' is empty")
+    analysis, classes = args.analysis, None
+    if analysis.needs_labels:
+        classes, why = label_metrics_possible(ds, args.data)
+        if why:
+            if accelerator.is_main_process:
+                logger.warning("probes and neural-collapse metrics are skipped: %s", why)
+            analysis = replace(analysis, metrics=[m for m in analysis.metrics if m not in LABEL_METRICS])
+    first = next(readable_images(ds, args.data, with_labels=False), None)
+    if first is None:
+        raise ValueError(f"no readable image in the dataset '{args.data.dataset}' ({len(ds)} examples)")
+    processors = check_models(args, first[0], accelerator.device)
+    calibration = Calibration.from_dataset(ds, args.data, analysis.calibration_images, bool(classes), processors)
+    return ds, analysis, classes, calibration, refused
 
 
 def run_summary(ctx: RunContext, reports: list[Report], started: datetime, seconds: float) -> dict[str, Any]:
@@ -557,11 +710,15 @@ def run_summary(ctx: RunContext, reports: list[Report], started: datetime, secon
         "skipped_ids": skipped,
         "skipped_files": [image_file(ctx.ds, args.data, i) for i in skipped],
         "skipped_ids_truncated": num_skipped > len(skipped),
+        "num_files_refused": len(ctx.refused),  # never opened: see hf_isi.data.list_image_folder
+        "refused_files": [{"file": r.path, "reason": r.reason} for r in ctx.refused[:MAX_LISTED_SKIPS]],
         "resumed": ctx.mode == "resume",
         "started_at": started.isoformat(timespec="seconds"),
         "wall_time_s": round(seconds, 3),
-        "arguments": {"model": asdict(args.model), "data": asdict(args.data), "analysis": asdict(ctx.analysis),
-                      "run": asdict(args.run)},
+        "arguments": {"model": asdict(args.model),
+                      "data": {**asdict(args.data), "dataset": portable_path(args.data.dataset)},
+                      "analysis": asdict(ctx.analysis),
+                      "run": {**asdict(args.run), "output_dir": portable_path(args.run.output_dir)}},
     }
 
 
@@ -581,8 +738,12 @@ def setup_logging(level: str, accelerator: Any) -> None:
 
 
 def fail(err: BaseException, accelerator: Any = None) -> int:
-    """One line on stderr, exit status 2; the traceback only at ``--log_level debug``."""
-    rank = f"[rank {accelerator.process_index}] " if accelerator is not None and accelerator.num_processes > 1 else ""
+    """One line on stderr, exit status 2; the traceback only at ``--log_level debug``. Bad input found by every
+    process alike (:class:`InputError`) is reported by the main process only."""
+    multi = accelerator is not None and accelerator.num_processes > 1
+    if multi and isinstance(err, InputError) and not accelerator.is_main_process:
+        return 2
+    rank = f"[rank {accelerator.process_index}] " if multi and not isinstance(err, InputError) else ""
     logger.debug("traceback", exc_info=err)
     print(f"{PROG}: error: {rank}{_first_line(err)}", file=sys.stderr, flush=True)
     return 2
@@ -604,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.run.log_level, accelerator)
     try:
         run(args, accelerator)
-    except ValueError as err:  # ModelError, UnreadableImageError, refused output folder, bad dataset...
+    except (ValueError, OSError) as err:  # InputError (bad input), OutputError (cannot write), ...
         return fail(err, accelerator)
     accelerator.end_training()
     return 0

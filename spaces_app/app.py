@@ -18,6 +18,8 @@ with ``HF_ISI_SPACE_MODELS="name=/path/to/checkpoint;other=/path"``. ``trust_rem
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -27,6 +29,7 @@ import re
 import sys
 import textwrap
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -45,11 +48,22 @@ except ImportError:  # run from a clone without installing: the repository root 
     import hf_isi  # noqa: F401
 
 import gradio as gr
+import gradio.utils
 import numpy as np
 import pandas as pd
 import PIL.Image
 import PIL.ImageOps
 import torch
+
+# Resolved once at start-up: transformers resolves these names lazily, and the first resolutions racing in
+# concurrent requests failed with "cannot import name 'AutoConfig' from 'transformers'" (a cold Space).
+from transformers import (  # noqa: F401
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    ViTImageProcessorPil,
+)
 
 from hf_isi import (
     AnalysisConfig,
@@ -79,7 +93,10 @@ RESULT_CACHE_SIZE = 64
 MODEL_CACHE_SIZE = 6
 #: requests of the analysis events processed at the same time (each model's forward pass is serialised)
 CONCURRENCY = int(os.environ.get("HF_ISI_SPACE_CONCURRENCY", "4"))
-#: on a Space (SPACE_ID is set) typed local paths are refused; locally they are allowed
+#: seconds a request may take before its answer is an error (the slot is freed; see run_bounded)
+REQUEST_TIMEOUT_S = float(os.environ.get("HF_ISI_SPACE_REQUEST_TIMEOUT", "120"))
+#: on a Space (SPACE_ID is set) typed local paths (models, results) are refused; locally they are allowed.
+#: Images are only ever read from Gradio's upload folder and the bundled examples, in either mode.
 ALLOW_LOCAL_PATHS = os.environ.get("HF_ISI_SPACE_ALLOW_LOCAL_PATHS", "0" if os.environ.get("SPACE_ID") else "1") == "1"
 #: where the definitions of every metric are written down
 DEFINITIONS_URL = os.environ.get("HF_ISI_DEFINITIONS_URL", "https://arxiv.org/abs/2511.21635")
@@ -105,25 +122,82 @@ SINGLE_IMAGE_NOTE = (
 )
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/])(?:~|/)(?:[^\s'\"`()\[\]{},;:]*/)+([^\s'\"`()\[\]{},;:]*)")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute (or ``~``) path cut to its last part: messages to clients never show where
+    anything lives on the server."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "<folder>", text)
+
+
 def _first_line(err: BaseException, limit: int = 300) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = scrub_paths(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def friendly_errors(fn: Callable) -> Callable:
     """Every user-facing error is a ``gr.Error``: unexpected exceptions are logged here and answered with a
-    one-line message, so no traceback ever reaches the page or an API client."""
+    one-line message without server paths, so no traceback or path ever reaches the page or an API client."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as err:
+            err.message = scrub_paths(str(err.message))
             raise
         except Exception as err:
             logger.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(f"Something went wrong ({type(err).__name__}: {_first_line(err)}). "
                            "Please try another image or model.") from None
+
+    return wrapper
+
+
+_WORKERS = threading.BoundedSemaphore(CONCURRENCY + 2)  # analysis slots + results slots
+
+
+def run_bounded(fn: Callable, *args: Any, timeout: float | None = None) -> Any:
+    """``fn(*args)`` in a daemon thread; after ``timeout`` seconds (default :data:`REQUEST_TIMEOUT_S`) the
+    request is answered with an error and its Gradio slot freed, so that one slow or stuck request cannot hold
+    the app. The work itself cannot be interrupted: it finishes (or not) in the background, and at most
+    ``CONCURRENCY + 2`` such threads run at once."""
+    timeout = REQUEST_TIMEOUT_S if timeout is None else timeout
+    started = time.monotonic()
+    if not _WORKERS.acquire(timeout=timeout):
+        raise gr.Error("The app is busy with earlier requests that are taking too long; please try again later.")
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting request
+            outcome["error"] = err
+        finally:
+            _WORKERS.release()
+
+    context = contextvars.copy_context()  # Gradio's request context, as the handler would have seen it
+    worker = threading.Thread(target=context.run, args=(target,), daemon=True,
+                              name=f"hf_isi-{getattr(fn, '__name__', 'request')}")
+    worker.start()
+    worker.join(max(0.0, timeout - (time.monotonic() - started)))
+    if worker.is_alive():
+        logger.warning("%s took longer than %.0f s; answered with an error", getattr(fn, "__name__", fn), timeout)
+        raise gr.Error(f"This request took longer than {timeout:.0f} s and was given up. Please try a smaller "
+                       "image or another model.")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def bounded(fn: Callable) -> Callable:
+    """An event handler run through :func:`run_bounded`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return run_bounded(fn, *args)
 
     return wrapper
 
@@ -289,6 +363,38 @@ class UploadedImage:
     sha256: str
 
 
+NOT_UPLOADED = "Please upload the image (or pick one of the examples): this app only reads files uploaded to it."
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def upload_roots() -> list[str]:
+    """The folders images may be read from: Gradio's upload folder (uploads and cached examples) and the
+    bundled examples."""
+    return [os.path.realpath(gradio.utils.get_upload_folder()), os.path.realpath(EXAMPLES_DIR)]
+
+
+def check_upload(value: Any) -> Any:
+    """``value`` (an image input as an event receives it, unprocessed) if it names a file Gradio uploaded or a
+    bundled example; a ``gr.Error`` otherwise. The events take ``preprocess=False`` (so that huge images are
+    refused from their header, never decoded by Gradio), so this is the check Gradio's preprocessing would make:
+    a client may send any ``{"path": ...}`` without uploading anything."""
+    path = value.get("path") if isinstance(value, dict) else value
+    if path is None or path == "" or isinstance(value, PIL.Image.Image):
+        return value  # nothing to read: read_image answers "please upload"
+    if not isinstance(path, (str, os.PathLike)):
+        raise gr.Error(NOT_UPLOADED)
+    path = os.fspath(path)
+    normal, real = os.path.abspath(path), os.path.realpath(path)
+    for root in upload_roots():
+        if _inside(real, root) and (_inside(normal, root) or _inside(normal, os.path.abspath(root))):
+            return value
+    logger.warning("refused an image outside the upload folder")
+    raise gr.Error(NOT_UPLOADED)
+
+
 def read_image(value: Any) -> UploadedImage:
     """Decode an upload (a gradio file payload, a path, or a PIL image) to RGB, with friendly errors.
 
@@ -308,10 +414,17 @@ def read_image(value: Any) -> UploadedImage:
         path, name = None, "the image"
     else:
         raise gr.Error(f"Unsupported input of type {type(value).__name__}: please upload an image file.")
+    with contextlib.ExitStack() as files:
+        return _decode_upload(value, path, name, files)
+
+
+def _decode_upload(value: Any, path: str | None, name: str, files: contextlib.ExitStack) -> UploadedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-            image = PIL.Image.open(path) if path is not None else value
+            # a regular file only, never a link, FIFO or device (opening a FIFO would block the request)
+            image = PIL.Image.open(files.enter_context(isi_data.open_image_file(path, follow_symlinks=False))) \
+                if path is not None else value
     except PIL.Image.DecompressionBombError:
         raise gr.Error(f"'{name}' is too large: the limit is {MAX_INPUT_PIXELS / 1e6:.0f} megapixels. "
                        "Please upload a smaller image.") from None
@@ -662,34 +775,40 @@ class ResultsLoader:
             raise gr.Error("Enter a results folder (written by scripts/probe.py) or a Hub dataset id.")
         source = source.strip()
         revision = revision.strip() if isinstance(revision, str) and revision.strip() else None
+        # Every refusal and failure gets this same message, so that no answer tells whether a path exists.
+        refused = gr.Error(f"Could not load results from '{source}': it is not a folder of results, or a Hub dataset "
+                           "of them, written by scripts/probe.py (results/data.parquet + summary.json) that this app "
+                           "can read.")
+        hub_id = bool(HUB_ID.match(source)) and "/" in source and ".." not in source
+        path_like = source.startswith(("/", "./", "../", "~", ".")) or not hub_id
         path = Path(source).expanduser()
-        is_local = path.exists() or source.startswith(("/", "./", "~", "."))
+        if not ALLOW_LOCAL_PATHS:
+            if path_like:  # decided from the text alone: nothing on the server is looked at
+                raise gr.Error(f"'{source}' is not a Hub dataset id like user/isi-results (local paths are not "
+                               "accepted here).")
+            if path.exists():  # a local folder of that name: never read it, answer as a missing Hub dataset
+                raise refused
+            is_local = False
+        else:
+            is_local = path_like or path.exists()
         if is_local:
-            if not ALLOW_LOCAL_PATHS:
-                raise gr.Error(f"'{source}': local paths are not accepted here; enter a Hub dataset id.")
             if not path.is_dir():
-                raise gr.Error(f"'{source}' is not a folder of results (expected results/data.parquet and "
-                               "summary.json, as written by scripts/probe.py).")
+                raise refused
             stamp = tuple(p.stat().st_mtime_ns for p in (path / "summary.json", path / "results" / "data.parquet")
                           if p.exists())
             key = (str(path.resolve()), revision, stamp)
-        elif HUB_ID.match(source) and "/" in source and ".." not in source:
-            key = (source, revision, None)
         else:
-            raise gr.Error(f"'{source}' is neither a results folder nor a Hub dataset id like user/isi-results.")
+            key = (source, revision, None)
         reports = self.cache.get(key)
         if reports is not None:
             return reports
         try:
             reports = _load_reports(str(path) if is_local else source, revision)
-        except gr.Error:
-            raise
-        except Exception as err:
+        except Exception:
             logger.info("loading results %s failed", source, exc_info=True)
-            raise gr.Error(f"Could not load results from '{source}': {_first_line(err)}. Expected a folder or Hub "
-                           "dataset written by scripts/probe.py (results/data.parquet + summary.json).") from None
+            raise refused from None
         if not reports:
-            raise gr.Error(f"'{source}' holds no model results.")
+            raise refused
         self.cache.put(key, reports)
         return reports
 
@@ -785,6 +904,18 @@ def example_files() -> list[str]:
                                                            p.name))]
 
 
+class SpaceBlocks(gr.Blocks):
+    """The app's ``gr.Blocks``: every launch caps uploads at :data:`MAX_UPLOAD_SIZE` (unless the caller sets a
+    cap) and serves the bundled examples, however it is launched (``python app.py``, or ``demo`` imported and
+    launched, as Spaces and tests do)."""
+
+    def launch(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("max_file_size") is None:
+            kwargs["max_file_size"] = MAX_UPLOAD_SIZE
+        kwargs["allowed_paths"] = [*(kwargs.get("allowed_paths") or []), str(EXAMPLES_DIR)]
+        return super().launch(*args, **kwargs)
+
+
 def build_demo(models: dict[str, str] | None = None) -> gr.Blocks:
     """The Blocks app. ``models``: display name -> checkpoint (default: the installed reference models plus
     ``HF_ISI_SPACE_MODELS``)."""
@@ -793,9 +924,10 @@ def build_demo(models: dict[str, str] | None = None) -> gr.Blocks:
     results_loader = ResultsLoader()
 
     @friendly_errors
+    @bounded
     def analyze(image: Any, model: Any, layer: Any = 1, head: Any = MEAN_OVER_HEADS) -> tuple:
         """Analyse one image with one model: curves, attention maps, prediction, summary, per-layer table."""
-        analysis, upload, cached = analyzer(image, model)
+        analysis, upload, cached = analyzer(check_upload(image), model)
         layer_value = parse_layer(layer if layer is not None else 1, analysis.num_layers)
         choices = head_choices(analysis.num_heads)
         head_value = head if head in choices else MEAN_OVER_HEADS
@@ -813,21 +945,23 @@ def build_demo(models: dict[str, str] | None = None) -> gr.Blocks:
         )
 
     @friendly_errors
+    @bounded
     def attention_maps(image: Any, model: Any, layer: Any = 1, head: Any = MEAN_OVER_HEADS) -> tuple:
         """The attention maps of one layer and head (from the cache after Analyze)."""
         if image is None or (isinstance(image, dict) and not image.get("path")):
             return None, None, "Upload an image and click **Analyze** first."
-        analysis, _, _ = analyzer(image, model)
+        analysis, _, _ = analyzer(check_upload(image), model)
         return render_maps(analysis, layer, head)
 
     @friendly_errors
+    @bounded
     def load_results(source: Any, metric: Any = "centered_similarity", revision: Any = "") -> tuple:
         """Load a results dataset of scripts/probe.py and compare its models on one metric."""
         reports = results_loader(source, revision)
         return results_outputs(reports, metric)
 
     choices = registry.names
-    with gr.Blocks(title="hf_isi: information flow in vision transformers") as demo:
+    with SpaceBlocks(title="hf_isi: information flow in vision transformers") as demo:
         gr.Markdown("# How information moves through a vision transformer\nUpload an image, pick a model, and see "
                     "layer by layer how the tokens mix: curves with their Cliff / Plateau / Climb phases, "
                     "attention maps, and the model's prediction. Built with hf_isi; see the *About* tab.")
@@ -918,5 +1052,4 @@ demo = build_demo()
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    demo.launch(theme=gr.themes.Soft(), max_file_size=MAX_UPLOAD_SIZE, allowed_paths=[str(EXAMPLES_DIR)],
-                server_name=os.environ.get("GRADIO_SERVER_NAME"), ssr_mode=False)
+    demo.launch(theme=gr.themes.Soft(), server_name=os.environ.get("GRADIO_SERVER_NAME"), ssr_mode=False)

@@ -496,7 +496,7 @@ def test_load_results_endpoint(client, results_folder):
 @pytest.mark.parametrize("source, metric, message", [
     ("", "centered_similarity", "Enter a results folder"),
     ("/definitely/not/here", "centered_similarity", "is not a folder of results"),
-    ("not a dataset id!", "centered_similarity", "neither a results folder nor a Hub dataset id"),
+    ("not a dataset id!", "centered_similarity", "Could not load results from"),  # one message (issue 13)
     ("no-such-user/no-such-results", "centered_similarity", "Could not load results from"),
     (None, "probe_cls_acc", "was not computed in these results"),
     (None, "no_such_metric", "Unknown metric"),
