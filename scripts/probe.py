@@ -612,7 +612,12 @@ def command_line(output_dir: Path | None = None) -> str:
         return f"{flag}={portable_path(value, output_dir)}" if sep and flag.startswith("-") \
             else portable_path(arg, output_dir)
 
-    return shlex.join([os.path.basename(sys.executable), *(portable(a) for a in sys.argv)])
+    script, *rest = sys.argv or [""]
+    # the script as a user would type it from where the run started (scripts/probe.py), not its absolute path
+    cwd = os.getcwd()
+    if os.path.isabs(script) and script.startswith(cwd.rstrip(os.sep) + os.sep):
+        script = os.path.relpath(script, cwd)
+    return shlex.join([os.path.basename(sys.executable), portable(script), *(portable(a) for a in rest)])
 
 
 def run(args: Arguments, accelerator: Any) -> Path | None:

@@ -379,7 +379,8 @@ def test_the_run_summary_publishes_no_home_path(assets, tmp_path, capsys, monkey
                                 "--output_dir", str(out), "--no_plots"], capsys)
     assert code == 0, err
     run = json.loads((out / "summary.json").read_text())["run"]
-    assert run["command_line"] == f"{Path(sys.executable).name} {SCRIPT} --dataset '~/images' '--output_dir=~/runs/out'"
+    script = os.path.relpath(SCRIPT) if str(SCRIPT).startswith(os.getcwd() + os.sep) else SCRIPT
+    assert run["command_line"] == f"{Path(sys.executable).name} {script} --dataset '~/images' '--output_dir=~/runs/out'"
     assert run["arguments"]["run"]["output_dir"] == "~/runs/out"
     assert run["arguments"]["data"]["dataset"] == run["dataset"]["dataset"] == "~/images"
     assert run["skipped_files"] == ["validation/cat/corrupt.png"]
